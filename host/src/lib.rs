@@ -1,0 +1,10 @@
+//! wasmkv: a replicated key-value store node whose policies are sandboxed WebAssembly plugins.
+//!
+//! The data of one request flows one way: `db` commits it through the `wal` and then applies
+//! it to the `storage` engine. `storage` knows nothing about the WAL and the WAL knows nothing
+//! about the in-memory map; `db` is the only place where the two meet.
+
+pub mod clock;
+pub mod db;
+pub mod storage;
+pub mod wal;
