@@ -1,0 +1,590 @@
+//! The durable store: commits every change through the WAL, then applies it to the engine.
+//!
+//! `Db` is the one place where `wal` and `storage` meet. A write takes the sequencer lock just
+//! long enough to check its preconditions (compare-and-set, limits), make room by eviction if
+//! needed, and append its record; it then waits for the WAL's group commit outside any lock,
+//! and finally applies every committed record in LSN order. Expiry and eviction are writes
+//! like any other (Expire and Evict records), so they reach the log — and later replicas.
+//!
+//! A data directory holds `LOCK`, `wal/` (segments) and `snap/` (snapshots).
+
+mod apply;
+mod dirlock;
+mod disk;
+mod error;
+mod maintenance;
+mod sequencer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+pub use error::{DbError, ErrorKind};
+
+use crate::clock::now_ms;
+use crate::storage::{Engine, EngineOptions, EvictionPolicy, Evictor, Item, builtin_policy};
+use crate::wal::{self, Command, Mutation, SyncPolicy, Wal, WalOptions};
+use dirlock::DirLock;
+use sequencer::{Plan, Sequencer};
+
+/// How a store is opened. `Default` is a primary in `./data` with `sync: interval 1s`.
+#[derive(Clone)]
+pub struct DbOptions {
+    pub dir: PathBuf,
+    pub wal: WalOptions,
+    pub engine: EngineOptions,
+    /// Most entries kept (0 = no limit).
+    pub max_entries: u64,
+    /// Most bytes kept, as counted by `storage::entry_cost` (0 = no limit).
+    pub max_memory: u64,
+    /// What to drop when a limit is reached.
+    pub eviction_policy: Arc<dyn EvictionPolicy>,
+    /// Candidates sampled per eviction round.
+    pub eviction_samples: usize,
+    /// Writes are refused while the WAL's volume has less free space than this.
+    pub disk_reserve: u64,
+    /// Take a snapshot once this many WAL bytes were written since the last one (0 = never).
+    pub snapshot_after_bytes: u64,
+    /// Delete expired keys in the background (the primary does; replicas leave it to it).
+    pub active_expiry: bool,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            dir: PathBuf::from("data"),
+            wal: WalOptions::default(),
+            engine: EngineOptions::default(),
+            max_entries: 0,
+            max_memory: 0,
+            eviction_policy: builtin_policy("lru").expect("lru is built in"),
+            eviction_samples: 5,
+            disk_reserve: 64 << 20,
+            snapshot_after_bytes: 256 << 20,
+            active_expiry: true,
+        }
+    }
+}
+
+impl DbOptions {
+    /// Options for a store in `dir` with the given sync policy, everything else default.
+    pub fn new(dir: impl Into<PathBuf>, sync: SyncPolicy) -> Self {
+        DbOptions {
+            dir: dir.into(),
+            wal: WalOptions {
+                sync,
+                ..WalOptions::default()
+            },
+            ..DbOptions::default()
+        }
+    }
+}
+
+/// Preconditions and expiry of a single set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetOptions {
+    /// Absolute expiry in wall-clock ms since the epoch (0 = never).
+    pub expires_at_ms: u64,
+    /// Compare-and-set: the key's current version must be this (0 = the key must not exist).
+    pub if_version: Option<u64>,
+}
+
+impl SetOptions {
+    /// Expire `ttl` from now.
+    pub fn ttl(ttl: Duration) -> Self {
+        SetOptions {
+            expires_at_ms: now_ms().saturating_add(ttl.as_millis() as u64),
+            if_version: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    pub found: bool,
+    /// The delete's LSN, or the store's applied LSN when there was nothing to delete.
+    pub lsn: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DigestInfo {
+    pub digest: [u8; 16],
+    pub keys: u64,
+    /// The applied LSN the digest was taken at (writes running meanwhile may be included).
+    pub lsn: u64,
+}
+
+/// Figures for status pages and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbStats {
+    pub applied_lsn: u64,
+    pub keys: u64,
+    pub memory_bytes: u64,
+    pub wal: wal::WalStats,
+    pub disk_free_bytes: u64,
+    pub expired_keys: u64,
+    pub evicted_keys: u64,
+    pub snapshot_lsn: u64,
+    /// Set once an I/O failure stopped writes.
+    pub failure: Option<String>,
+}
+
+/// What recovery did at open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub snapshot_lsn: u64,
+    pub snapshot_entries: u64,
+    pub replayed_records: u64,
+    pub elapsed: Duration,
+}
+
+pub struct Db {
+    inner: Arc<Inner>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
+    recovery: RecoveryReport,
+}
+
+struct Inner {
+    opts: DbOptions,
+    engine: Engine,
+    wal: Wal,
+    seq: Mutex<Sequencer>,
+    applied_lsn: AtomicU64,
+    snapshot_lsn: AtomicU64,
+    /// WAL size right after the last snapshot: automatic snapshots count growth from here.
+    snapshot_wal_bytes: AtomicU64,
+    snapshot_running: AtomicBool,
+    snapshot_lock: Mutex<()>,
+    disk_free: AtomicU64,
+    expired: AtomicU64,
+    evicted: AtomicU64,
+    stop: maintenance::Stop,
+    _lock: DirLock,
+}
+
+impl Db {
+    /// Lock the directory, load the newest snapshot, replay the WAL after it, and start the
+    /// background work (expiry, disk checks, automatic snapshots).
+    pub fn open(opts: DbOptions) -> Result<Db, DbError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(&opts.dir).map_err(|source| DbError::Io {
+            op: "create data directory",
+            path: opts.dir.clone(),
+            source,
+        })?;
+        let lock = DirLock::acquire(&opts.dir)?;
+        let engine = Engine::new(opts.engine.clone());
+        let mut report = RecoveryReport::default();
+        if let Some((lsn, path)) = wal::snapshot::newest(&snap_dir(&opts.dir))? {
+            tracing::info!(snapshot = %path.display(), lsn, "loading snapshot");
+            let mut progress = Progress::new("snapshot entries loaded");
+            let info = wal::snapshot::load(&path, |e| {
+                engine.set(e.key, e.value, e.expires_at_ms, e.version);
+                progress.tick();
+            })?;
+            report.snapshot_lsn = info.lsn;
+            report.snapshot_entries = info.entries;
+        }
+        let mut progress = Progress::new("WAL records replayed");
+        let wal = Wal::open(
+            &wal_dir(&opts.dir),
+            opts.wal.clone(),
+            report.snapshot_lsn,
+            |record| {
+                apply::apply(&engine, record.lsn, &record.command);
+                progress.tick();
+            },
+        )?;
+        report.replayed_records = progress.count;
+        report.elapsed = started.elapsed();
+        let applied = wal.last_lsn();
+        tracing::info!(
+            lsn = applied,
+            keys = engine.len(),
+            snapshot_entries = report.snapshot_entries,
+            replayed = report.replayed_records,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "recovered"
+        );
+        let evictor = Evictor::new(opts.eviction_policy.clone(), opts.eviction_samples);
+        let disk_free = disk::free_bytes(&opts.dir).unwrap_or(u64::MAX);
+        let inner = Arc::new(Inner {
+            engine,
+            wal,
+            seq: Mutex::new(Sequencer::new(evictor)),
+            applied_lsn: AtomicU64::new(applied),
+            snapshot_lsn: AtomicU64::new(report.snapshot_lsn),
+            snapshot_wal_bytes: AtomicU64::new(0),
+            snapshot_running: AtomicBool::new(false),
+            snapshot_lock: Mutex::new(()),
+            disk_free: AtomicU64::new(disk_free),
+            expired: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            stop: maintenance::Stop::default(),
+            _lock: lock,
+            opts,
+        });
+        let maintenance = maintenance::spawn(Arc::clone(&inner)).map_err(|source| DbError::Io {
+            op: "spawn maintenance thread for",
+            path: inner.opts.dir.clone(),
+            source,
+        })?;
+        Ok(Db {
+            inner,
+            maintenance: Mutex::new(Some(maintenance)),
+            recovery: report,
+        })
+    }
+
+    pub fn recovery(&self) -> RecoveryReport {
+        self.recovery
+    }
+
+    /// The live value of `key`; expired keys are never returned, even before they are deleted.
+    pub fn get(&self, key: &[u8]) -> Option<Item> {
+        self.inner.engine.get(key, now_ms())
+    }
+
+    /// Set `key`; returns the write's LSN (the key's new version) once it is committed.
+    pub fn set(&self, key: Bytes, value: Bytes, opts: SetOptions) -> Result<u64, DbError> {
+        let command = Command::Set {
+            key,
+            value,
+            expires_at_ms: opts.expires_at_ms,
+        };
+        self.inner.write(command, opts.if_version)
+    }
+
+    /// Delete `key`. Deleting a missing key logs nothing.
+    pub fn delete(&self, key: Bytes) -> Result<DeleteOutcome, DbError> {
+        let lsn = {
+            let mut seq = self.inner.seq.lock();
+            let now = now_ms();
+            if seq.state(&self.inner.engine, &key, now).version(now) == 0 {
+                return Ok(DeleteOutcome {
+                    found: false,
+                    lsn: self.applied_lsn(),
+                });
+            }
+            self.inner.append(&mut seq, Command::Delete { key }, now)?
+        };
+        self.inner.finish(lsn)?;
+        Ok(DeleteOutcome { found: true, lsn })
+    }
+
+    /// Apply all `mutations` atomically, as one WAL record: all or none.
+    pub fn write(&self, mutations: Vec<Mutation>) -> Result<u64, DbError> {
+        self.inner.write(Command::Batch(mutations), None)
+    }
+
+    /// Order-independent digest of the live data, for comparing nodes.
+    pub fn digest(&self) -> DigestInfo {
+        let lsn = self.applied_lsn();
+        let digest = self.inner.engine.digest(now_ms());
+        DigestInfo {
+            digest: digest.hash,
+            keys: digest.keys,
+            lsn,
+        }
+    }
+
+    /// Write a snapshot now and drop the WAL segments and older snapshots it makes redundant.
+    /// Writers are not blocked: the engine is copied out shard by shard.
+    pub fn snapshot(&self) -> Result<wal::snapshot::SnapshotInfo, DbError> {
+        self.inner.snapshot()
+    }
+
+    /// The LSN of the last write visible to readers.
+    pub fn applied_lsn(&self) -> u64 {
+        self.inner.applied_lsn.load(Ordering::Acquire)
+    }
+
+    /// Committed records after `after_lsn`, read from the log files (the seed's
+    /// `GetEntriesSince`).
+    pub fn read_log(&self, after_lsn: u64) -> Result<wal::LogReader, DbError> {
+        Ok(self.inner.wal.read_from(after_lsn)?)
+    }
+
+    /// Keep WAL segments from `lsn` on even when a snapshot covers them (replication uses it).
+    pub fn set_retention_floor(&self, lsn: u64) {
+        self.inner.wal.set_retention_floor(lsn);
+    }
+
+    /// Run one active-expiry cycle now (the background thread runs them every 100 ms).
+    pub fn expire_now(&self) -> Result<u64, DbError> {
+        self.inner.expire_cycle(Duration::from_secs(1))
+    }
+
+    pub fn stats(&self) -> DbStats {
+        let inner = &self.inner;
+        DbStats {
+            applied_lsn: self.applied_lsn(),
+            keys: inner.engine.len(),
+            memory_bytes: inner.engine.memory(),
+            wal: inner.wal.stats(),
+            disk_free_bytes: inner.disk_free.load(Ordering::Relaxed),
+            expired_keys: inner.expired.load(Ordering::Relaxed),
+            evicted_keys: inner.evicted.load(Ordering::Relaxed),
+            snapshot_lsn: inner.snapshot_lsn.load(Ordering::Relaxed),
+            failure: inner.wal.failure().map(str::to_owned),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.opts.dir
+    }
+
+    /// Stop background work and flush and fsync the WAL. Further writes fail with `Closed`.
+    pub fn close(&self) -> Result<(), DbError> {
+        self.inner.stop.stop();
+        if let Some(handle) = self.maintenance.lock().take() {
+            let _ = handle.join();
+        }
+        Ok(self.inner.wal.close()?)
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing the store failed");
+        }
+    }
+}
+
+impl Inner {
+    fn write(&self, command: Command, if_version: Option<u64>) -> Result<u64, DbError> {
+        let lsn = {
+            let mut seq = self.seq.lock();
+            let now = now_ms();
+            if let (Some(expected), Command::Set { key, .. }) = (if_version, &command) {
+                let actual = seq.state(&self.engine, key, now).version(now);
+                if actual != expected {
+                    return Err(DbError::VersionMismatch {
+                        key: key.clone(),
+                        expected,
+                        actual,
+                    });
+                }
+            }
+            self.append(&mut seq, command, now)?
+        };
+        self.finish(lsn)?;
+        Ok(lsn)
+    }
+
+    /// Check the disk reserve, make room under the limits, and append `command` to the log.
+    /// Runs under the sequencer lock; returns the command's LSN.
+    fn append(&self, seq: &mut Sequencer, command: Command, now: u64) -> Result<u64, DbError> {
+        let free = self.disk_free.load(Ordering::Relaxed);
+        if free < self.opts.disk_reserve {
+            return Err(DbError::DiskReserve {
+                dir: self.opts.dir.clone(),
+                free,
+                reserve: self.opts.disk_reserve,
+            });
+        }
+        let plan = seq.plan(&self.engine, &command, now);
+        self.make_room(seq, &plan, now)?;
+        Ok(self.append_planned(seq, command, plan, now)?)
+    }
+
+    fn append_planned(
+        &self,
+        seq: &mut Sequencer,
+        command: Command,
+        plan: Plan,
+        now: u64,
+    ) -> Result<u64, wal::WalError> {
+        let lsn = self.wal.append(now, &command)?;
+        seq.record(lsn, command, plan);
+        Ok(lsn)
+    }
+
+    /// Evict until the store, with every pending write and this `plan` applied, is within
+    /// its limits. A write that does not grow the store is always let through, so deletes
+    /// work even when full.
+    fn make_room(&self, seq: &mut Sequencer, plan: &Plan, now: u64) -> Result<(), DbError> {
+        let (max_entries, max_memory) = (self.opts.max_entries, self.opts.max_memory);
+        if (max_entries == 0 && max_memory == 0)
+            || (plan.entries_delta <= 0 && plan.memory_delta <= 0)
+        {
+            return Ok(());
+        }
+        // Bounded so that a policy that keeps choosing nothing useful cannot spin forever.
+        for _ in 0..64 {
+            let (entries, memory) = seq.projected(&self.engine);
+            let entries_after = entries as i64 + plan.entries_delta;
+            let memory_after = memory as i64 + plan.memory_delta;
+            let over_entries = if max_entries > 0 {
+                (entries_after - max_entries as i64).max(0) as u64
+            } else {
+                0
+            };
+            let over_memory = if max_memory > 0 {
+                (memory_after - max_memory as i64).max(0) as u64
+            } else {
+                0
+            };
+            if over_entries == 0 && over_memory == 0 {
+                return Ok(());
+            }
+            let average_cost = (memory / entries.max(1)).max(1);
+            let need = over_entries
+                .max(over_memory.div_ceil(average_cost))
+                .clamp(1, 64) as usize;
+            let keys: Vec<Bytes> = seq
+                .pick_victims(&self.engine, need)
+                .map_err(DbError::LimitReached)?
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
+            if keys.is_empty() {
+                return Err(DbError::LimitReached(
+                    crate::storage::EvictionError::NoCandidates,
+                ));
+            }
+            let count = keys.len() as u64;
+            let evict = Command::Evict(keys);
+            let evict_plan = seq.plan(&self.engine, &evict, now);
+            self.append_planned(seq, evict, evict_plan, now)?;
+            self.evicted.fetch_add(count, Ordering::Relaxed);
+        }
+        Err(DbError::LimitReached(
+            crate::storage::EvictionError::NoCandidates,
+        ))
+    }
+
+    /// Wait for `lsn` to commit, then apply everything committed so far, in order.
+    fn finish(&self, lsn: u64) -> Result<(), DbError> {
+        self.wal.commit(lsn)?;
+        self.apply_committed();
+        Ok(())
+    }
+
+    fn apply_committed(&self) {
+        let committed = self.wal.committed_lsn();
+        if self.applied_lsn.load(Ordering::Acquire) >= committed {
+            return;
+        }
+        let mut seq = self.seq.lock();
+        if let Some(last) = seq.apply_through(&self.engine, committed) {
+            self.applied_lsn.fetch_max(last, Ordering::AcqRel);
+        }
+    }
+
+    fn snapshot(&self) -> Result<wal::snapshot::SnapshotInfo, DbError> {
+        let _one_at_a_time = self.snapshot_lock.lock();
+        let started = Instant::now();
+        let lsn = self.applied_lsn.load(Ordering::Acquire);
+        let dir = snap_dir(&self.opts.dir);
+        let mut writer = wal::snapshot::SnapshotWriter::create(&dir, lsn, now_ms())?;
+        let mut entries = 0u64;
+        self.engine.for_each_chunk(|chunk| {
+            entries += chunk.len() as u64;
+            chunk.iter().try_for_each(|entry| writer.write(entry))
+        })?;
+        let path = writer.finish()?;
+        wal::snapshot::remove_older_than(&dir, lsn)?;
+        self.snapshot_lsn.store(lsn, Ordering::Relaxed);
+        let removed = self.wal.remove_segments_through(lsn)?;
+        self.snapshot_wal_bytes
+            .store(self.wal.stats().bytes, Ordering::Relaxed);
+        tracing::info!(
+            snapshot = %path.display(),
+            lsn,
+            entries,
+            removed_segments = removed.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(wal::snapshot::SnapshotInfo {
+            lsn,
+            created_ms: now_ms(),
+            entries,
+        })
+    }
+
+    /// Delete expired keys: per shard, sample keys with a TTL and log an Expire record for the
+    /// expired ones; repeat on a shard while more than a quarter of its sample had expired
+    /// (Redis's rule: expired keys are then likely plentiful). Returns how many were deleted.
+    fn expire_cycle(&self, budget: Duration) -> Result<u64, DbError> {
+        const SAMPLE: usize = 20;
+        let started = Instant::now();
+        let mut total = 0;
+        for shard in 0..self.engine.shard_count() {
+            loop {
+                let now = now_ms();
+                let (lsn, sampled, expired) = {
+                    let mut seq = self.seq.lock();
+                    let sample = self.engine.sample_expired(shard, SAMPLE, now);
+                    let keys: Vec<Bytes> = sample
+                        .expired
+                        .into_iter()
+                        .map(|(key, _)| key)
+                        .filter(|key| !seq.is_pending(key))
+                        .collect();
+                    let expired = keys.len();
+                    let lsn = if keys.is_empty() {
+                        None
+                    } else {
+                        let command = Command::Expire(keys);
+                        let plan = seq.plan(&self.engine, &command, now);
+                        Some(self.append_planned(&mut seq, command, plan, now)?)
+                    };
+                    (lsn, sample.sampled, expired)
+                };
+                if let Some(lsn) = lsn {
+                    self.finish(lsn)?;
+                    self.expired.fetch_add(expired as u64, Ordering::Relaxed);
+                    total += expired as u64;
+                }
+                if sampled == 0 || expired * 4 <= sampled || started.elapsed() > budget {
+                    break;
+                }
+            }
+            if started.elapsed() > budget {
+                break;
+            }
+        }
+        Ok(total)
+    }
+}
+
+fn wal_dir(dir: &Path) -> PathBuf {
+    dir.join("wal")
+}
+
+fn snap_dir(dir: &Path) -> PathBuf {
+    dir.join("snap")
+}
+
+/// Logs progress of long start-up work at most once a second.
+struct Progress {
+    what: &'static str,
+    count: u64,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(what: &'static str) -> Self {
+        Progress {
+            what,
+            count: 0,
+            last: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self) {
+        self.count += 1;
+        if self.count % 65536 == 0 && self.last.elapsed() >= Duration::from_secs(1) {
+            self.last = Instant::now();
+            tracing::info!(count = self.count, "recovering: {}", self.what);
+        }
+    }
+}

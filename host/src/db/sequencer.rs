@@ -1,0 +1,206 @@
+//! Ordering writes between "logged" and "applied".
+//!
+//! A write becomes visible only once the WAL has made it as safe as the sync policy promises,
+//! so a failed fsync never leaves readers holding a value the disk does not have. Between the
+//! append (which fixes the write's LSN) and the apply, the write is *pending*. Decisions taken
+//! at append time — compare-and-set, limits, eviction — must still see pending writes, so the
+//! sequencer keeps, under one lock with the append:
+//! - `pending`: the pending records in LSN order, applied strictly in that order;
+//! - `overlay`: for each key with a pending write, its state after the newest one;
+//! - the projected change in entry count and memory that the pending records will make.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::apply;
+use crate::storage::{Engine, EvictionError, Evictor, entry_cost};
+use crate::wal::{Command, Mutation};
+
+/// A key's state as writers must see it: the newest pending write, else the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    Absent,
+    Present {
+        version: u64,
+        expires_at_ms: u64,
+        cost: u64,
+    },
+}
+
+impl KeyState {
+    /// The version compare-and-set compares with: 0 for a missing (or expired) key.
+    pub fn version(self, now_ms: u64) -> u64 {
+        match self {
+            KeyState::Present {
+                version,
+                expires_at_ms,
+                ..
+            } if expires_at_ms == 0 || expires_at_ms > now_ms => version,
+            _ => 0,
+        }
+    }
+
+    fn cost(self) -> u64 {
+        match self {
+            KeyState::Present { cost, .. } => cost,
+            KeyState::Absent => 0,
+        }
+    }
+}
+
+/// The effect a command will have once applied, worked out before it is appended.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub entries_delta: i64,
+    pub memory_delta: i64,
+    /// Final state of each touched key; the version is filled in with the LSN on `record`.
+    states: Vec<(Bytes, KeyState)>,
+}
+
+struct PendingRecord {
+    lsn: u64,
+    command: Command,
+    entries_delta: i64,
+    memory_delta: i64,
+}
+
+pub struct Sequencer {
+    overlay: HashMap<Bytes, (u64, KeyState), foldhash::fast::RandomState>,
+    pending: VecDeque<PendingRecord>,
+    entries_delta: i64,
+    memory_delta: i64,
+    evictor: Evictor,
+}
+
+impl Sequencer {
+    pub fn new(evictor: Evictor) -> Self {
+        Sequencer {
+            overlay: HashMap::default(),
+            pending: VecDeque::new(),
+            entries_delta: 0,
+            memory_delta: 0,
+            evictor,
+        }
+    }
+
+    pub fn state(&self, engine: &Engine, key: &[u8], now_ms: u64) -> KeyState {
+        match self.overlay.get(key) {
+            Some(&(_, state)) => state,
+            None => match engine.peek(key, now_ms) {
+                Some(peek) => KeyState::Present {
+                    version: peek.version,
+                    expires_at_ms: peek.expires_at_ms,
+                    cost: peek.cost,
+                },
+                None => KeyState::Absent,
+            },
+        }
+    }
+
+    /// Whether `key` has a write in flight (such keys are never chosen for expiry or eviction:
+    /// the pending write decides their fate).
+    pub fn is_pending(&self, key: &[u8]) -> bool {
+        self.overlay.contains_key(key)
+    }
+
+    /// Ask the eviction policy for up to `need` victims, never a key with a pending write.
+    pub fn pick_victims(
+        &mut self,
+        engine: &Engine,
+        need: usize,
+    ) -> Result<Vec<(Bytes, u64)>, EvictionError> {
+        let overlay = &self.overlay;
+        self.evictor
+            .pick(engine, need, |key| overlay.contains_key(key))
+    }
+
+    /// Entries and memory the engine will hold once every pending record is applied.
+    pub fn projected(&self, engine: &Engine) -> (u64, u64) {
+        let entries = engine.len() as i64 + self.entries_delta;
+        let memory = engine.memory() as i64 + self.memory_delta;
+        (entries.max(0) as u64, memory.max(0) as u64)
+    }
+
+    pub fn plan(&self, engine: &Engine, command: &Command, now_ms: u64) -> Plan {
+        let mut plan = Plan::default();
+        let mut step = |plan: &mut Plan, key: &Bytes, after: KeyState| {
+            let before = plan
+                .states
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|&(_, s)| s)
+                .unwrap_or_else(|| self.state(engine, key, now_ms));
+            plan.entries_delta += i64::from(after != KeyState::Absent)
+                - i64::from(before != KeyState::Absent);
+            plan.memory_delta += after.cost() as i64 - before.cost() as i64;
+            plan.states.push((key.clone(), after));
+        };
+        let set_state = |key: &Bytes, value: &Bytes, expires_at_ms: u64| KeyState::Present {
+            version: 0,
+            expires_at_ms,
+            cost: entry_cost(key.len(), value.len()),
+        };
+        match command {
+            Command::Set {
+                key,
+                value,
+                expires_at_ms,
+            } => step(&mut plan, key, set_state(key, value, *expires_at_ms)),
+            Command::Batch(mutations) => {
+                for mutation in mutations {
+                    match mutation {
+                        Mutation::Set {
+                            key,
+                            value,
+                            expires_at_ms,
+                        } => step(&mut plan, key, set_state(key, value, *expires_at_ms)),
+                        Mutation::Delete { key } => step(&mut plan, key, KeyState::Absent),
+                    }
+                }
+            }
+            Command::Delete { .. } | Command::Expire(_) | Command::Evict(_) => {
+                apply::for_each_key(command, |key| step(&mut plan, key, KeyState::Absent));
+            }
+        }
+        plan
+    }
+
+    /// Remember an appended command until it is applied.
+    pub fn record(&mut self, lsn: u64, command: Command, plan: Plan) {
+        for (key, mut state) in plan.states {
+            if let KeyState::Present { version, .. } = &mut state {
+                *version = lsn;
+            }
+            self.overlay.insert(key, (lsn, state));
+        }
+        self.entries_delta += plan.entries_delta;
+        self.memory_delta += plan.memory_delta;
+        self.pending.push_back(PendingRecord {
+            lsn,
+            command,
+            entries_delta: plan.entries_delta,
+            memory_delta: plan.memory_delta,
+        });
+    }
+
+    /// Apply, in LSN order, every pending record at or below `committed_lsn`. Returns the LSN
+    /// of the last one applied, if any.
+    pub fn apply_through(&mut self, engine: &Engine, committed_lsn: u64) -> Option<u64> {
+        let mut last = None;
+        while self.pending.front().is_some_and(|r| r.lsn <= committed_lsn) {
+            let record = self.pending.pop_front().expect("checked");
+            apply::apply(engine, record.lsn, &record.command);
+            self.entries_delta -= record.entries_delta;
+            self.memory_delta -= record.memory_delta;
+            apply::for_each_key(&record.command, |key| {
+                if self.overlay.get(key).is_some_and(|&(lsn, _)| lsn == record.lsn) {
+                    self.overlay.remove(key);
+                }
+            });
+            last = Some(record.lsn);
+        }
+        last
+    }
+}

@@ -1,0 +1,256 @@
+//! The sharded map: reads, writes, accounting and iteration.
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use bytes::Bytes;
+use foldhash::fast::RandomState;
+
+use super::entry::{AccessClock, entry_cost};
+use super::shard::{Replaced, Shard, ShardData};
+
+/// Upper bound on the shard count: beyond it shards only cost memory and iteration time.
+const MAX_SHARDS: usize = 1 << 16;
+
+/// How to build an [`Engine`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Number of shards, clamped to 1..=65536. 0 picks the next power of two at or above
+    /// 16 x the available parallelism: enough shards that threads rarely wait for the same
+    /// lock, few enough that per-shard overhead stays negligible.
+    pub shards: usize,
+}
+
+/// A live value, as returned by [`Engine::get`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub value: Bytes,
+    pub version: u64,
+    /// Absolute wall-clock expiry in ms; 0 means none.
+    pub expires_at_ms: u64,
+}
+
+/// Metadata of a live entry, as returned by [`Engine::peek`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peek {
+    pub version: u64,
+    pub expires_at_ms: u64,
+    /// [`entry_cost`] of the entry.
+    pub cost: u64,
+}
+
+/// A stored entry copied out by [`Engine::for_each_chunk`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    pub key: Bytes,
+    pub value: Bytes,
+    pub expires_at_ms: u64,
+    pub version: u64,
+}
+
+/// Entry and memory counts, updated together by every write. Kept on their own cache line so
+/// that readers of the shard array do not share it with writers bumping the counters.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Counters {
+    len: AtomicU64,
+    memory: AtomicU64,
+}
+
+/// The in-memory key-value map, shared by all threads.
+///
+/// Each key lives in one shard chosen by hashing it; each shard has its own lock, so there is no
+/// global lock. Reads take a shard's read lock only, even though they update access metadata.
+pub struct Engine {
+    shards: Box<[Shard]>,
+    /// Chooses a key's shard. Seeded apart from the shards' map hashers: if both used the same
+    /// hash, all keys of a shard would agree on the hash bits that chose the shard.
+    router: RandomState,
+    counters: Counters,
+    clock: AccessClock,
+}
+
+impl Engine {
+    pub fn new(opts: EngineOptions) -> Self {
+        let count = if opts.shards == 0 {
+            let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+            cpus.saturating_mul(16)
+                .min(MAX_SHARDS)
+                .next_power_of_two()
+        } else {
+            opts.shards.min(MAX_SHARDS)
+        };
+        Self {
+            shards: (0..count).map(|_| Shard::new()).collect(),
+            router: RandomState::default(),
+            counters: Counters::default(),
+            clock: AccessClock::new(),
+        }
+    }
+
+    /// Live value or `None`. An entry with `expires_at_ms != 0 && expires_at_ms <= now_ms` is
+    /// hidden even though it is still stored: only the primary's expiry deletes it, so that
+    /// replicas agree with the primary. Records the read in the access metadata.
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<Item> {
+        self.get_at(key, now_ms, self.clock.now_tick())
+    }
+
+    /// [`Engine::get`] with the access tick given, so tests can age entries deterministically.
+    pub(super) fn get_at(&self, key: &[u8], now_ms: u64, tick: u32) -> Option<Item> {
+        let data = self.shard_of(key).0.read();
+        let entry = data.get(key).filter(|e| !e.is_expired(now_ms))?;
+        entry.touch(tick);
+        Some(Item {
+            value: entry.value.clone(),
+            version: entry.version,
+            expires_at_ms: entry.expires_at_ms,
+        })
+    }
+
+    /// Metadata of the live entry, without recording an access (a compare-and-set or a
+    /// size check is not a use of the value) and without cloning the value.
+    pub fn peek(&self, key: &[u8], now_ms: u64) -> Option<Peek> {
+        let data = self.shard_of(key).0.read();
+        let entry = data.get(key).filter(|e| !e.is_expired(now_ms))?;
+        Some(Peek {
+            version: entry.version,
+            expires_at_ms: entry.expires_at_ms,
+            cost: entry_cost(key.len(), entry.value.len()),
+        })
+    }
+
+    /// Inserts or overwrites `key`, expired or not. Returns true if the key was not stored at
+    /// all (an expired entry still counts as stored). `expires_at_ms` 0 means no expiry.
+    pub fn set(&self, key: Bytes, value: Bytes, expires_at_ms: u64, version: u64) -> bool {
+        self.set_at(key, value, expires_at_ms, version, self.clock.now_tick())
+    }
+
+    /// [`Engine::set`] with the access tick given, so tests can age entries deterministically.
+    pub(super) fn set_at(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        expires_at_ms: u64,
+        version: u64,
+        tick: u32,
+    ) -> bool {
+        let cost = entry_cost(key.len(), value.len());
+        let mut data = self.shard_of(&key).0.write();
+        // Counters change under the shard lock, so a concurrent clear() of this shard never
+        // subtracts a cost that was not added yet (the counter would wrap below zero).
+        match data.set(key, value, expires_at_ms, version, tick) {
+            Replaced::Nothing => {
+                self.counters.len.fetch_add(1, Relaxed);
+                self.counters.memory.fetch_add(cost, Relaxed);
+                true
+            }
+            Replaced::Entry { cost: old } => {
+                if cost >= old {
+                    self.counters.memory.fetch_add(cost - old, Relaxed);
+                } else {
+                    self.counters.memory.fetch_sub(old - cost, Relaxed);
+                }
+                false
+            }
+        }
+    }
+
+    /// Removes `key` whatever its expiry; true if something was removed.
+    pub fn delete(&self, key: &[u8]) -> bool {
+        let mut data = self.shard_of(key).0.write();
+        let Some(cost) = data.remove(key) else {
+            return false;
+        };
+        self.counters.len.fetch_sub(1, Relaxed);
+        self.counters.memory.fetch_sub(cost, Relaxed);
+        true
+    }
+
+    /// Removes everything, shard by shard (used before loading a snapshot). The old contents
+    /// are dropped after each shard's lock is released, so freeing them blocks nobody.
+    pub fn clear(&self) {
+        for shard in &self.shards {
+            let old = {
+                let mut data = shard.0.write();
+                let old = std::mem::replace(&mut *data, ShardData::new());
+                self.counters.len.fetch_sub(old.len() as u64, Relaxed);
+                self.counters.memory.fetch_sub(old.memory(), Relaxed);
+                old
+            };
+            drop(old);
+        }
+    }
+
+    /// Stored entries, including expired ones not removed yet.
+    pub fn len(&self) -> u64 {
+        self.counters.len.load(Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sum of [`entry_cost`] over stored entries. O(1): maintained by every write.
+    pub fn memory(&self) -> u64 {
+        self.counters.memory.load(Relaxed)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Visits every stored entry (expired ones included), shard by shard: each non-empty shard
+    /// is copied out (cheap `Bytes` clones) under its read lock and `f` gets that chunk after
+    /// the lock is released, so a slow consumer (a snapshot writer doing I/O) never blocks
+    /// writers. Entries written during the visit may or may not be seen; each key is seen at
+    /// most once, with the state it had when its shard was copied. Stops at `f`'s first error.
+    pub fn for_each_chunk<E>(
+        &self,
+        mut f: impl FnMut(&[SnapshotEntry]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut chunk = Vec::new();
+        for shard in &self.shards {
+            chunk.clear();
+            chunk.extend(shard.0.read().iter().map(|(key, entry)| SnapshotEntry {
+                key: key.clone(),
+                value: entry.value.clone(),
+                expires_at_ms: entry.expires_at_ms,
+                version: entry.version,
+            }));
+            if !chunk.is_empty() {
+                f(&chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The shard that holds `key`. Lemire's multiply-shift maps the hash onto any shard count
+    /// without a division, using the hash's high bits.
+    pub(super) fn shard_of(&self, key: &[u8]) -> &Shard {
+        let hash = self.router.hash_one(key);
+        let index = (u128::from(hash) * self.shards.len() as u128) >> 64;
+        &self.shards[index as usize]
+    }
+
+    /// All shards, for the sampling and digest modules.
+    pub(super) fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    pub(super) fn clock(&self) -> &AccessClock {
+        &self.clock
+    }
+}
+
+/// Summary only: the contents may be millions of entries.
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("shards", &self.shards.len())
+            .field("len", &self.len())
+            .field("memory", &self.memory())
+            .finish_non_exhaustive()
+    }
+}

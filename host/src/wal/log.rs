@@ -1,0 +1,461 @@
+//! The log writer: LSN assignment, group commit, segment rotation, sync policies, retention.
+//!
+//! Appending and making durable are two steps. `append` encodes a record into an in-memory
+//! buffer under a short lock and hands back its LSN, so LSN order is exactly buffer order.
+//! `commit(lsn)` then waits until that LSN is written (and, with `sync: always`, fdatasync'ed).
+//! Whoever first gets the I/O lock becomes the leader: it takes the whole buffer — its own
+//! record and every record appended since the last flush — writes it with one `write` and
+//! syncs it with one `fdatasync`, while new appends keep filling a fresh buffer. Followers
+//! find their LSN already covered and return. That is group commit: one fsync per batch of
+//! concurrent writers, with no timer and no added latency for a lone writer.
+//!
+//! With `sync: interval` writers only wait for the `write` (a crashed process loses nothing);
+//! a background thread fdatasyncs a duplicate of the file descriptor every interval without
+//! holding the I/O lock, so a slow disk never stalls writers. With `never` the OS decides.
+//!
+//! Any failed write or fsync is sticky (PostgreSQL's lesson: after a failed fsync the page
+//! cache may have dropped the dirty pages, so retrying would lie). The partial write is cut
+//! off, every waiting and later writer gets `WalError::Failed`, and readers go on.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::error::{Result, WalError};
+use super::reader::LogReader;
+use super::record::{self, Command, Record};
+use super::recovery;
+use super::segment::{self, MAGIC, SegmentMeta};
+
+/// When an acknowledged write reaches stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Acknowledge after fdatasync; concurrent writers share one fsync.
+    Always,
+    /// Acknowledge after write(2); fdatasync in the background at this interval.
+    Interval(Duration),
+    /// Acknowledge after write(2); the OS flushes when it likes.
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    pub sync: SyncPolicy,
+    /// A new segment is started once the current one reaches this size.
+    pub max_file_size: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            sync: SyncPolicy::Interval(Duration::from_secs(1)),
+            max_file_size: 64 << 20,
+        }
+    }
+}
+
+/// Counters for metrics and status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    pub last_lsn: u64,
+    pub written_lsn: u64,
+    pub durable_lsn: u64,
+    pub segments: u64,
+    pub bytes: u64,
+    pub fsyncs: u64,
+    pub fsync_nanos: u64,
+}
+
+pub struct Wal {
+    shared: Arc<Shared>,
+    syncer: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    opts: WalOptions,
+    pending: Mutex<Pending>,
+    active: Mutex<Active>,
+    segments: Mutex<Vec<SegmentMeta>>,
+    written_lsn: AtomicU64,
+    durable_lsn: AtomicU64,
+    bytes: AtomicU64,
+    fsyncs: AtomicU64,
+    fsync_nanos: AtomicU64,
+    retention_floor: AtomicU64,
+    failure: OnceLock<String>,
+    stop: (Mutex<bool>, Condvar),
+}
+
+/// Records appended but not yet handed to the OS.
+struct Pending {
+    next_lsn: u64,
+    buf: Vec<u8>,
+    closed: bool,
+}
+
+/// The segment being appended to.
+struct Active {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    /// The other half of the double buffer, swapped with `Pending::buf` on each flush.
+    spare: Vec<u8>,
+}
+
+impl Wal {
+    /// Open the log in `dir` (created if missing), replaying into `apply` every record with an
+    /// LSN above `after_lsn` (the newest snapshot's), and continue after the last record.
+    pub fn open(
+        dir: &Path,
+        opts: WalOptions,
+        after_lsn: u64,
+        apply: impl FnMut(Record),
+    ) -> Result<Wal> {
+        std::fs::create_dir_all(dir).map_err(|e| WalError::io("create directory", dir, e))?;
+        let recovered = recovery::recover(dir, after_lsn, apply)?;
+        let mut segments = recovered.segments;
+        let mut last_lsn = recovered.last_lsn;
+        let mut tail_len = recovered.tail_len;
+        if last_lsn < after_lsn {
+            // The snapshot is newer than the whole log (the log was repaired or fully folded
+            // into it): the old segments hold nothing recovery needs and would leave an LSN gap.
+            for seg in segments.drain(..) {
+                std::fs::remove_file(&seg.path).map_err(|e| WalError::io("remove", &seg.path, e))?;
+            }
+            last_lsn = after_lsn;
+        }
+        if segments.last().is_some() && tail_len < MAGIC.len() as u64 {
+            // A segment whose creation was interrupted: start it again.
+            let torn = segments.pop().expect("checked");
+            std::fs::remove_file(&torn.path).map_err(|e| WalError::io("remove", &torn.path, e))?;
+            tail_len = 0;
+        }
+        let active = match segments.last() {
+            Some(seg) => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .map_err(|e| WalError::io("open segment", &seg.path, e))?;
+                file.sync_all()
+                    .map_err(|e| WalError::io("fsync", &seg.path, e))?;
+                Active {
+                    file,
+                    path: seg.path.clone(),
+                    len: tail_len,
+                    spare: Vec::new(),
+                }
+            }
+            None => {
+                let (file, path) = segment::create(dir, last_lsn + 1)?;
+                segments.push(SegmentMeta {
+                    first_lsn: last_lsn + 1,
+                    path: path.clone(),
+                });
+                Active {
+                    file,
+                    path,
+                    len: MAGIC.len() as u64,
+                    spare: Vec::new(),
+                }
+            }
+        };
+        let bytes = segments
+            .iter()
+            .map(|s| std::fs::metadata(&s.path).map_or(0, |m| m.len()))
+            .sum();
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            opts: opts.clone(),
+            pending: Mutex::new(Pending {
+                next_lsn: last_lsn + 1,
+                buf: Vec::new(),
+                closed: false,
+            }),
+            active: Mutex::new(active),
+            segments: Mutex::new(segments),
+            written_lsn: AtomicU64::new(last_lsn),
+            durable_lsn: AtomicU64::new(last_lsn),
+            bytes: AtomicU64::new(bytes),
+            fsyncs: AtomicU64::new(0),
+            fsync_nanos: AtomicU64::new(0),
+            retention_floor: AtomicU64::new(u64::MAX),
+            failure: OnceLock::new(),
+            stop: (Mutex::new(false), Condvar::new()),
+        });
+        let syncer = match opts.sync {
+            SyncPolicy::Interval(every) => {
+                let shared = Arc::clone(&shared);
+                Some(
+                    std::thread::Builder::new()
+                        .name("wal-sync".into())
+                        .spawn(move || shared.sync_periodically(every))
+                        .map_err(|e| WalError::io("spawn sync thread", dir, e))?,
+                )
+            }
+            _ => None,
+        };
+        Ok(Wal {
+            shared,
+            syncer: Mutex::new(syncer),
+        })
+    }
+
+    /// Encode a record into the log buffer and return its LSN. Cheap: no I/O. The record is
+    /// not acknowledged until `commit` returns for it.
+    pub fn append(&self, timestamp_ms: u64, command: &Command) -> Result<u64> {
+        let mut pending = self.shared.pending.lock();
+        self.shared.check_usable()?;
+        if pending.closed {
+            return Err(WalError::Closed);
+        }
+        let lsn = pending.next_lsn;
+        record::encode(lsn, timestamp_ms, command, &mut pending.buf);
+        pending.next_lsn += 1;
+        Ok(lsn)
+    }
+
+    /// Wait until `lsn` is as safe as the sync policy promises (written, or written and synced).
+    pub fn commit(&self, lsn: u64) -> Result<()> {
+        let sync = self.shared.opts.sync == SyncPolicy::Always;
+        let covered = || {
+            let mark = if sync {
+                &self.shared.durable_lsn
+            } else {
+                &self.shared.written_lsn
+            };
+            mark.load(Ordering::Acquire) >= lsn
+        };
+        if covered() {
+            return Ok(());
+        }
+        let mut active = self.shared.active.lock();
+        if covered() {
+            return Ok(());
+        }
+        self.shared.check_usable()?;
+        self.shared.flush(&mut active, sync)
+    }
+
+    /// The highest LSN that is acknowledged-safe under the sync policy: what readers of the
+    /// log (replication) may see.
+    pub fn committed_lsn(&self) -> u64 {
+        match self.shared.opts.sync {
+            SyncPolicy::Always => self.shared.durable_lsn.load(Ordering::Acquire),
+            _ => self.shared.written_lsn.load(Ordering::Acquire),
+        }
+    }
+
+    /// The LSN the next append will get, minus one.
+    pub fn last_lsn(&self) -> u64 {
+        self.shared.pending.lock().next_lsn - 1
+    }
+
+    /// Read the committed records after `after_lsn`, in order.
+    pub fn read_from(&self, after_lsn: u64) -> Result<LogReader> {
+        let segments = self.shared.segments.lock().clone();
+        LogReader::new(segments, after_lsn, self.committed_lsn())
+    }
+
+    /// Replication sets this to the lowest LSN a connected replica still needs; segments at or
+    /// above it are kept even when a snapshot covers them.
+    pub fn set_retention_floor(&self, lsn: u64) {
+        self.shared.retention_floor.store(lsn, Ordering::Release);
+    }
+
+    /// Remove the segments that hold only records at or below `lsn` (covered by a snapshot)
+    /// and below the retention floor. The segment being written is never removed.
+    pub fn remove_segments_through(&self, lsn: u64) -> Result<Vec<PathBuf>> {
+        let limit = lsn.min(self.shared.retention_floor.load(Ordering::Acquire));
+        let mut segments = self.shared.segments.lock();
+        let removable = segments
+            .windows(2)
+            .take_while(|pair| pair[1].first_lsn - 1 <= limit)
+            .count();
+        let mut removed = Vec::with_capacity(removable);
+        for seg in segments.drain(..removable) {
+            let size = std::fs::metadata(&seg.path).map_or(0, |m| m.len());
+            std::fs::remove_file(&seg.path).map_err(|e| WalError::io("remove", &seg.path, e))?;
+            self.shared.bytes.fetch_sub(size, Ordering::Relaxed);
+            removed.push(seg.path);
+        }
+        if !removed.is_empty() {
+            segment::sync_dir(&self.shared.dir)?;
+        }
+        Ok(removed)
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let s = &self.shared;
+        WalStats {
+            last_lsn: self.last_lsn(),
+            written_lsn: s.written_lsn.load(Ordering::Acquire),
+            durable_lsn: s.durable_lsn.load(Ordering::Acquire),
+            segments: s.segments.lock().len() as u64,
+            bytes: s.bytes.load(Ordering::Relaxed),
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            fsync_nanos: s.fsync_nanos.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The I/O failure that stopped writes, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.shared.failure.get().map(String::as_str)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Flush and fsync everything appended, stop the background syncer and refuse further
+    /// appends. Called on graceful shutdown; also run (errors logged) on drop.
+    pub fn close(&self) -> Result<()> {
+        self.shared.pending.lock().closed = true;
+        {
+            let (stop, wake) = &self.shared.stop;
+            *stop.lock() = true;
+            wake.notify_all();
+        }
+        if let Some(handle) = self.syncer.lock().take() {
+            let _ = handle.join();
+        }
+        self.shared.check_usable()?;
+        let mut active = self.shared.active.lock();
+        self.shared.flush(&mut active, true)
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing the WAL failed");
+        }
+    }
+}
+
+impl Shared {
+    fn check_usable(&self) -> Result<()> {
+        match self.failure.get() {
+            Some(reason) => Err(WalError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Mark the log failed for good and return the error for the caller at hand.
+    fn fail(&self, op: &'static str, path: &Path, error: impl std::fmt::Display) -> WalError {
+        let reason = format!("{op} {}: {error}", path.display());
+        tracing::error!(%reason, "WAL I/O failed; refusing writes until restart");
+        let _ = self.failure.set(reason.clone());
+        WalError::Failed(self.failure.get().cloned().unwrap_or(reason))
+    }
+
+    /// Write out everything appended so far, then fdatasync if asked. Runs under the I/O lock.
+    fn flush(&self, active: &mut Active, sync: bool) -> Result<()> {
+        let (mut buf, last) = {
+            let mut pending = self.pending.lock();
+            let buf = std::mem::replace(&mut pending.buf, std::mem::take(&mut active.spare));
+            (buf, pending.next_lsn - 1)
+        };
+        if !buf.is_empty() {
+            let first = self.written_lsn.load(Ordering::Acquire) + 1;
+            if active.len >= self.opts.max_file_size {
+                self.rotate(active, first)?;
+            }
+            if let Err(e) = active.file.write_all(&buf) {
+                // Cut the partial write so no half record precedes a future valid one.
+                let _ = active.file.set_len(active.len);
+                return Err(self.fail("write", &active.path, e));
+            }
+            active.len += buf.len() as u64;
+            self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            self.written_lsn.store(last, Ordering::Release);
+        }
+        buf.clear();
+        active.spare = buf;
+        if sync && self.durable_lsn.load(Ordering::Acquire) < last {
+            self.sync_file(&active.file, &active.path)?;
+            self.durable_lsn.fetch_max(last, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Seal the active segment (synced, so sealed segments are always durable) and start a new
+    /// one whose first record is `first_lsn`.
+    fn rotate(&self, active: &mut Active, first_lsn: u64) -> Result<()> {
+        self.sync_file(&active.file, &active.path)?;
+        self.durable_lsn.fetch_max(first_lsn - 1, Ordering::AcqRel);
+        let (file, path) = segment::create(&self.dir, first_lsn)
+            .map_err(|e| self.fail("create segment in", &self.dir, e))?;
+        self.segments.lock().push(SegmentMeta {
+            first_lsn,
+            path: path.clone(),
+        });
+        self.bytes.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
+        active.file = file;
+        active.path = path;
+        active.len = MAGIC.len() as u64;
+        Ok(())
+    }
+
+    fn sync_file(&self, file: &File, path: &Path) -> Result<()> {
+        let started = Instant::now();
+        file.sync_data()
+            .map_err(|e| self.fail("fdatasync", path, e))?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The `sync: interval` background loop. It syncs a duplicate descriptor so the I/O lock
+    /// is held only for the `dup`, never for the fsync.
+    fn sync_periodically(&self, every: Duration) {
+        let (stop, wake) = &self.stop;
+        loop {
+            {
+                let mut stopped = stop.lock();
+                if *stopped {
+                    return;
+                }
+                wake.wait_for(&mut stopped, every);
+                if *stopped {
+                    return;
+                }
+            }
+            if self.failure.get().is_some() {
+                continue;
+            }
+            let target = self.written_lsn.load(Ordering::Acquire);
+            if self.durable_lsn.load(Ordering::Acquire) >= target {
+                continue;
+            }
+            let (file, path) = {
+                let active = self.active.lock();
+                (active.file.try_clone(), active.path.clone())
+            };
+            let synced = match file {
+                Ok(file) => self.sync_file(&file, &path),
+                Err(e) => Err(self.fail("dup", &path, e)),
+            };
+            if synced.is_ok() {
+                self.durable_lsn.fetch_max(target, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Wal {
+    /// Swap the active segment's descriptor for a read-only one, so the next write fails the
+    /// way a dying disk would.
+    pub(crate) fn break_active_file_for_test(&self) {
+        let mut active = self.shared.active.lock();
+        active.file = File::open(&active.path).expect("reopen read-only");
+    }
+}

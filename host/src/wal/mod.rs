@@ -1,0 +1,26 @@
+//! The write-ahead log: every change is a record here before it touches memory.
+//!
+//! Layout of a data directory's `wal/`: segment files named by their first LSN (see
+//! `segment`), each a magic followed by records (see `record` for the byte format). LSNs are
+//! dense and increasing across segments; a gap is corruption. `snap/` beside it holds
+//! snapshots (see `snapshot`). `log` is the writer (group commit, rotation, sync policies,
+//! retention), `recovery` reads the log back at start-up and repairs it on request, and
+//! `reader` serves committed records to readers while the writer appends.
+
+mod error;
+mod log;
+mod reader;
+mod record;
+mod recovery;
+mod segment;
+pub mod snapshot;
+
+pub use error::{Result, WalError};
+pub use log::{SyncPolicy, Wal, WalOptions, WalStats};
+pub use reader::LogReader;
+pub use record::{Command, DecodeError, Mutation, Record};
+pub use recovery::{RepairReport, repair};
+pub use segment::segment_path;
+
+#[cfg(test)]
+mod tests;

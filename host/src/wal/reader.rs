@@ -1,0 +1,120 @@
+//! Reading committed records back from the log files while the writer keeps appending: the
+//! seed's `GetEntriesSince`, used by replication catch-up and `wasmkv wal dump`.
+
+use super::error::{Result, WalError};
+use super::record::Record;
+use super::segment::{SegmentMeta, SegmentReader};
+
+/// Iterates the records with `after_lsn < lsn <= up_to` in LSN order. `up_to` is fixed when
+/// the reader is made (the committed LSN then), so it never sees a record being written.
+pub struct LogReader {
+    segments: Vec<SegmentMeta>,
+    index: usize,
+    current: Option<SegmentReader>,
+    next_lsn: u64,
+    /// Records up to here are read (to find the start) but not returned.
+    skip_through: u64,
+    up_to: u64,
+    done: bool,
+}
+
+impl LogReader {
+    pub(crate) fn new(segments: Vec<SegmentMeta>, after_lsn: u64, up_to: u64) -> Result<Self> {
+        let wanted = after_lsn + 1;
+        let oldest = segments.first().map_or(wanted, |s| s.first_lsn);
+        if wanted < oldest && wanted <= up_to {
+            return Err(WalError::Trimmed {
+                requested: wanted,
+                oldest,
+            });
+        }
+        // The segment holding `wanted` is the last one starting at or before it.
+        let index = segments
+            .iter()
+            .rposition(|s| s.first_lsn <= wanted)
+            .unwrap_or(0);
+        let first = segments.get(index).map_or(wanted, |s| s.first_lsn);
+        Ok(LogReader {
+            segments,
+            index,
+            current: None,
+            next_lsn: first,
+            skip_through: after_lsn,
+            up_to,
+            done: false,
+        })
+    }
+
+    /// The LSN of the last record this reader will return.
+    pub fn up_to(&self) -> u64 {
+        self.up_to
+    }
+
+    fn next_record(&mut self) -> Result<Option<Record>> {
+        loop {
+            if self.next_lsn > self.up_to {
+                return Ok(None);
+            }
+            let Some(seg) = self.segments.get(self.index) else {
+                return Err(self.ended_early());
+            };
+            if self.current.is_none() {
+                self.current = Some(SegmentReader::open(&seg.path).map_err(|e| match e {
+                    // Removed by retention after this reader was made.
+                    WalError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                        WalError::Trimmed {
+                            requested: self.next_lsn,
+                            oldest: self.next_lsn + 1,
+                        }
+                    }
+                    other => other,
+                })?);
+            }
+            let reader = self.current.as_mut().expect("opened above");
+            match reader.next(self.next_lsn)? {
+                Some(record) => {
+                    self.next_lsn += 1;
+                    if record.lsn > self.skip_through {
+                        return Ok(Some(record));
+                    }
+                }
+                None => {
+                    let next_first = self.segments.get(self.index + 1).map(|s| s.first_lsn);
+                    if next_first != Some(self.next_lsn) {
+                        return Err(self.ended_early());
+                    }
+                    self.index += 1;
+                    self.current = None;
+                }
+            }
+        }
+    }
+
+    fn ended_early(&self) -> WalError {
+        WalError::Corrupt {
+            path: self
+                .segments
+                .get(self.index)
+                .map(|s| s.path.clone())
+                .unwrap_or_default(),
+            offset: 0,
+            lsn: self.next_lsn,
+            reason: "the log ends before the committed LSN".into(),
+        }
+    }
+}
+
+impl Iterator for LogReader {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = self.next_record().transpose();
+        if !matches!(item, Some(Ok(_))) {
+            self.done = true;
+        }
+        item
+    }
+}

@@ -1,0 +1,209 @@
+//! Reading the log back at start-up, and cutting it on purpose (`repair`).
+//!
+//! Invariants checked here: every segment starts with the magic; records are intact (length,
+//! CRC) and their LSNs are dense across segments. The only damage forgiven is a torn tail: bad
+//! bytes at the end of the **last** segment with no intact record after them, which is what a
+//! crash in the middle of a write leaves. It is cut off and logged. Anything else is corruption
+//! of acknowledged data and stops start-up with the file, offset and LSN.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use super::error::{Result, WalError};
+use super::record::{self, Record};
+use super::segment::{self, MAGIC, SegmentMeta};
+
+/// What recovery found: the segments to keep appending after, and where the log ends.
+#[derive(Debug)]
+pub struct Recovered {
+    pub segments: Vec<SegmentMeta>,
+    /// LSN of the last intact record, 0 for an empty log.
+    pub last_lsn: u64,
+    /// Byte length of the valid prefix of the last segment.
+    pub tail_len: u64,
+}
+
+/// The first damage met while scanning, if any.
+struct Damage {
+    segment: usize,
+    offset: u64,
+    lsn: u64,
+    reason: String,
+    /// Damage is a torn tail when it is in the last segment and nothing intact follows it.
+    torn_tail: bool,
+}
+
+struct Scan {
+    last_lsn: u64,
+    tail_len: u64,
+    damage: Option<Damage>,
+}
+
+/// Replay the log in `dir`: `apply` receives, in order, every record with LSN > `after_lsn`.
+/// A torn tail is truncated away; other damage is an error.
+pub fn recover(dir: &Path, after_lsn: u64, apply: impl FnMut(Record)) -> Result<Recovered> {
+    let segments = segment::list(dir)?;
+    let scan = scan(&segments, after_lsn, apply)?;
+    match scan.damage {
+        None => Ok(Recovered {
+            segments,
+            last_lsn: scan.last_lsn,
+            tail_len: scan.tail_len,
+        }),
+        Some(damage) if damage.torn_tail => {
+            let path = &segments[damage.segment].path;
+            tracing::warn!(
+                file = %path.display(),
+                offset = damage.offset,
+                lsn = damage.lsn,
+                reason = %damage.reason,
+                "cutting off a torn record at the end of the WAL (a crash interrupted a write)"
+            );
+            truncate(path, damage.offset)?;
+            Ok(Recovered {
+                segments,
+                last_lsn: scan.last_lsn,
+                tail_len: damage.offset,
+            })
+        }
+        Some(damage) => Err(WalError::Corrupt {
+            path: segments[damage.segment].path.clone(),
+            offset: damage.offset,
+            lsn: damage.lsn,
+            reason: damage.reason,
+        }),
+    }
+}
+
+/// What `repair` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The segment that was cut, where, and the first LSN lost; None if the log was intact.
+    pub cut: Option<(PathBuf, u64, u64)>,
+    /// Later segments removed because they followed the damage.
+    pub removed: Vec<PathBuf>,
+    /// The last LSN kept.
+    pub last_lsn: u64,
+}
+
+/// Cut the log at its first damage, wherever it is: truncate that segment there and remove
+/// every later one. Everything before the damage is kept.
+pub fn repair(dir: &Path) -> Result<RepairReport> {
+    let segments = segment::list(dir)?;
+    let scan = scan(&segments, u64::MAX, |_| {})?;
+    let mut report = RepairReport {
+        last_lsn: scan.last_lsn,
+        ..RepairReport::default()
+    };
+    if let Some(damage) = scan.damage {
+        let path = &segments[damage.segment].path;
+        truncate(path, damage.offset)?;
+        for later in &segments[damage.segment + 1..] {
+            fs::remove_file(&later.path).map_err(|e| WalError::io("remove", &later.path, e))?;
+            report.removed.push(later.path.clone());
+        }
+        segment::sync_dir(dir)?;
+        report.cut = Some((path.clone(), damage.offset, damage.lsn));
+    }
+    Ok(report)
+}
+
+fn scan(
+    segments: &[SegmentMeta],
+    after_lsn: u64,
+    mut apply: impl FnMut(Record),
+) -> Result<Scan> {
+    let mut expected = segments.first().map_or(1, |s| s.first_lsn);
+    let mut tail_len = 0;
+    for (index, seg) in segments.iter().enumerate() {
+        let is_last = index + 1 == segments.len();
+        let damage = |offset: u64, lsn: u64, reason: String, data: &[u8]| Damage {
+            segment: index,
+            offset,
+            lsn,
+            reason,
+            torn_tail: is_last && !intact_record_after(data, offset as usize),
+        };
+        if seg.first_lsn != expected {
+            return Ok(Scan {
+                last_lsn: expected - 1,
+                tail_len: 0,
+                damage: Some(Damage {
+                    segment: index,
+                    offset: 0,
+                    lsn: expected,
+                    reason: format!(
+                        "segment starts at LSN {} but the log before it ends at LSN {}",
+                        seg.first_lsn,
+                        expected - 1
+                    ),
+                    torn_tail: false,
+                }),
+            });
+        }
+        let data = fs::read(&seg.path).map_err(|e| WalError::io("read segment", &seg.path, e))?;
+        if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+            // A segment shorter than its magic is one whose creation a crash interrupted.
+            let torn = is_last && MAGIC.starts_with(&data);
+            let reason = "not a wasmkv WAL segment (bad magic)".to_string();
+            let mut d = damage(0, expected, reason, &data);
+            d.torn_tail = torn;
+            return Ok(Scan {
+                last_lsn: expected - 1,
+                tail_len: 0,
+                damage: Some(d),
+            });
+        }
+        let mut offset = MAGIC.len();
+        while offset < data.len() {
+            let rest = &data[offset..];
+            let outcome = record::decode(rest).map_err(|e| e.to_string()).and_then(
+                |(record, used)| {
+                    if record.lsn == expected {
+                        Ok((record, used))
+                    } else {
+                        Err(format!("found LSN {}", record.lsn))
+                    }
+                },
+            );
+            match outcome {
+                Ok((record, used)) => {
+                    if record.lsn > after_lsn {
+                        apply(record);
+                    }
+                    expected += 1;
+                    offset += used;
+                }
+                Err(reason) => {
+                    return Ok(Scan {
+                        last_lsn: expected - 1,
+                        tail_len: offset as u64,
+                        damage: Some(damage(offset as u64, expected, reason, &data)),
+                    });
+                }
+            }
+        }
+        tail_len = offset as u64;
+    }
+    Ok(Scan {
+        last_lsn: expected - 1,
+        tail_len,
+        damage: None,
+    })
+}
+
+/// Whether an intact record frame starts anywhere after `offset`. Used only on damage, to tell
+/// a torn tail (nothing valid follows) from corruption in the middle of the data.
+fn intact_record_after(data: &[u8], offset: usize) -> bool {
+    (offset + 1..data.len()).any(|p| record::frame(&data[p..]).is_ok())
+}
+
+fn truncate(path: &Path, len: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| WalError::io("open for truncation", path, e))?;
+    file.set_len(len)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| WalError::io("truncate", path, e))
+}

@@ -1,0 +1,205 @@
+//! Segment files: naming, creation, listing, and sequential reading.
+//!
+//! A segment is `<first LSN, 20 digits>.wal`: an 8-byte magic followed by records. Naming by
+//! first LSN keeps the directory listing in log order and lets a reader find the segment that
+//! holds an LSN without opening any file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::error::{Result, WalError};
+use super::record::{self, DecodeError, FRAME_HEADER, MAX_BODY, Record};
+
+/// The first bytes of every segment: identifies the file and the format version.
+pub const MAGIC: &[u8; 8] = b"WKVWAL01";
+const SUFFIX: &str = ".wal";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentMeta {
+    pub first_lsn: u64,
+    pub path: PathBuf,
+}
+
+pub fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
+    dir.join(format!("{first_lsn:020}{SUFFIX}"))
+}
+
+/// The segments in `dir`, oldest first. Files that are not segments are ignored.
+pub fn list(dir: &Path) -> Result<Vec<SegmentMeta>> {
+    let entries = fs::read_dir(dir).map_err(|e| WalError::io("list", dir, e))?;
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| WalError::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
+            continue;
+        };
+        if let Ok(first_lsn) = stem.parse::<u64>() {
+            segments.push(SegmentMeta {
+                first_lsn,
+                path: entry.path(),
+            });
+        }
+    }
+    segments.sort_by_key(|s| s.first_lsn);
+    Ok(segments)
+}
+
+/// Create a new, empty segment and make its existence durable (file and directory fsync), so
+/// that a crash never leaves records in a file the directory does not know about.
+pub fn create(dir: &Path, first_lsn: u64) -> Result<(File, PathBuf)> {
+    let path = segment_path(dir, first_lsn);
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| WalError::io("create segment", &path, e))?;
+    file.write_all(MAGIC)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| WalError::io("write segment header", &path, e))?;
+    sync_dir(dir)?;
+    Ok((file, path))
+}
+
+/// fsync a directory so that creating, renaming or removing a file in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WalError::io("fsync directory", dir, e))
+}
+
+/// Reads the records of one segment in order, one at a time (for log readers such as
+/// replication catch-up; recovery reads whole segments to look past damage).
+pub struct SegmentReader {
+    file: io::BufReader<File>,
+    path: PathBuf,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl SegmentReader {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| WalError::io("open segment", path, e))?;
+        let mut reader = SegmentReader {
+            file: io::BufReader::with_capacity(256 << 10, file),
+            path: path.to_owned(),
+            offset: 0,
+            buf: Vec::new(),
+        };
+        let mut magic = [0u8; 8];
+        reader
+            .file
+            .read_exact(&mut magic)
+            .map_err(|e| WalError::io("read segment header", path, e))?;
+        if &magic != MAGIC {
+            return Err(reader.corrupt(0, "not a wasmkv WAL segment (bad magic)".into()));
+        }
+        reader.offset = MAGIC.len() as u64;
+        Ok(reader)
+    }
+
+    /// The next record, or None at the end of the written data. `expected_lsn` is checked so a
+    /// reader never silently skips or repeats an LSN.
+    pub fn next(&mut self, expected_lsn: u64) -> Result<Option<Record>> {
+        self.buf.clear();
+        self.buf.resize(FRAME_HEADER, 0);
+        match read_full(&mut self.file, &mut self.buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) if n < FRAME_HEADER => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(WalError::io("read segment", &self.path, e)),
+        }
+        let len = u32::from_le_bytes(self.buf[0..4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_BODY {
+            return Err(self.corrupt(expected_lsn, DecodeError::BadLength(len).to_string()));
+        }
+        self.buf.resize(FRAME_HEADER + len, 0);
+        let got = read_full(&mut self.file, &mut self.buf[FRAME_HEADER..])
+            .map_err(|e| WalError::io("read segment", &self.path, e))?;
+        if got < len {
+            // The writer has not finished this record (or it is torn): the readable log ends here.
+            return Ok(None);
+        }
+        let (record, used) = record::decode(&self.buf)
+            .map_err(|e| self.corrupt(expected_lsn, e.to_string()))?;
+        if record.lsn != expected_lsn {
+            return Err(self.corrupt(expected_lsn, format!("found LSN {}", record.lsn)));
+        }
+        self.offset += used as u64;
+        Ok(Some(record))
+    }
+
+    fn corrupt(&self, lsn: u64, reason: String) -> WalError {
+        WalError::Corrupt {
+            path: self.path.clone(),
+            offset: self.offset,
+            lsn,
+            reason,
+        }
+    }
+}
+
+/// Like `read_exact`, but reports how much was read instead of failing at end of file.
+fn read_full(r: &mut impl Read, mut buf: &mut [u8]) -> io::Result<usize> {
+    let mut total = 0;
+    while !buf.is_empty() {
+        match r.read(buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n;
+                buf = &mut buf[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::record::{Command, encode};
+    use bytes::Bytes;
+
+    #[test]
+    fn list_orders_by_lsn_and_ignores_strangers() {
+        let dir = tempfile::tempdir().unwrap();
+        for lsn in [100, 1, 20] {
+            create(dir.path(), lsn).unwrap();
+        }
+        fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        fs::write(dir.path().join("abc.wal"), b"x").unwrap();
+        let lsns: Vec<u64> = list(dir.path())
+            .unwrap()
+            .iter()
+            .map(|s| s.first_lsn)
+            .collect();
+        assert_eq!(lsns, vec![1, 20, 100]);
+    }
+
+    #[test]
+    fn reader_stops_cleanly_at_a_partial_record_and_checks_lsns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, path) = create(dir.path(), 1).unwrap();
+        let mut buf = Vec::new();
+        for lsn in 1..=3 {
+            let command = Command::Delete {
+                key: Bytes::from(format!("k{lsn}")),
+            };
+            encode(lsn, 0, &command, &mut buf);
+        }
+        file.write_all(&buf[..buf.len() - 3]).unwrap();
+        let mut reader = SegmentReader::open(&path).unwrap();
+        assert_eq!(reader.next(1).unwrap().unwrap().lsn, 1);
+        assert!(matches!(
+            reader.next(3),
+            Err(WalError::Corrupt { lsn: 3, .. })
+        ));
+        let mut reader = SegmentReader::open(&path).unwrap();
+        reader.next(1).unwrap();
+        reader.next(2).unwrap();
+        assert_eq!(reader.next(3).unwrap(), None);
+    }
+}

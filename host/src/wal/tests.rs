@@ -1,0 +1,283 @@
+//! Log-level tests: replay, rotation, torn tails, corruption, repair, retention, failures.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+
+fn set(i: u64) -> Command {
+    Command::Set {
+        key: Bytes::from(format!("key-{i}")),
+        value: Bytes::from(format!("value-{i}-{}", "x".repeat((i % 7) as usize))),
+        expires_at_ms: 0,
+    }
+}
+
+fn options(sync: SyncPolicy, max_file_size: u64) -> WalOptions {
+    WalOptions {
+        sync,
+        max_file_size,
+    }
+}
+
+/// Write `n` records (LSN i carries `set(i)`) and close the log.
+fn write_log(dir: &Path, n: u64, max_file_size: u64) {
+    let wal = Wal::open(dir, options(SyncPolicy::Never, max_file_size), 0, |_| {}).unwrap();
+    for i in 1..=n {
+        let lsn = wal.append(i, &set(i)).unwrap();
+        assert_eq!(lsn, i);
+        wal.commit(lsn).unwrap();
+    }
+    wal.close().unwrap();
+}
+
+fn replay(dir: &Path) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    let wal = Wal::open(dir, options(SyncPolicy::Never, 1 << 20), 0, |r| {
+        records.push(r)
+    })?;
+    drop(wal);
+    Ok(records)
+}
+
+fn lsns(records: &[Record]) -> Vec<u64> {
+    records.iter().map(|r| r.lsn).collect()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    segment::list(dir)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.path)
+        .collect()
+}
+
+#[test]
+fn replays_everything_in_order_and_continues_the_lsn_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 50, 1 << 20);
+    let records = replay(dir.path()).unwrap();
+    assert_eq!(lsns(&records), (1..=50).collect::<Vec<_>>());
+    assert_eq!(records[9].command, set(10));
+    let wal = Wal::open(dir.path(), WalOptions::default(), 0, |_| {}).unwrap();
+    assert_eq!(wal.append(0, &set(51)).unwrap(), 51);
+}
+
+#[test]
+fn replay_skips_records_covered_by_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 20, 1 << 20);
+    let mut seen = Vec::new();
+    Wal::open(dir.path(), WalOptions::default(), 15, |r| seen.push(r.lsn)).unwrap();
+    assert_eq!(seen, vec![16, 17, 18, 19, 20]);
+}
+
+#[test]
+fn rotates_segments_and_reads_across_them() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 200, 512);
+    let files = segments(dir.path());
+    assert!(files.len() > 5, "only {} segments", files.len());
+    assert_eq!(lsns(&replay(dir.path()).unwrap()), (1..=200).collect::<Vec<_>>());
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 512), 0, |_| {}).unwrap();
+    let tail: Vec<u64> = wal.read_from(120).unwrap().map(|r| r.unwrap().lsn).collect();
+    assert_eq!(tail, (121..=200).collect::<Vec<_>>());
+    assert_eq!(wal.read_from(200).unwrap().count(), 0);
+}
+
+#[test]
+fn a_torn_last_record_is_cut_at_every_byte_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 10, 1 << 20);
+    let seg = segments(dir.path()).pop().unwrap();
+    let full = fs::read(&seg).unwrap();
+    let mut last = Vec::new();
+    record::encode(10, 10, &set(10), &mut last);
+    assert!(full.ends_with(&last));
+    let start = full.len() - last.len();
+    for cut in start..full.len() {
+        fs::write(&seg, &full[..cut]).unwrap();
+        let records = replay(dir.path()).unwrap();
+        assert_eq!(lsns(&records), (1..=9).collect::<Vec<_>>(), "cut at {cut}");
+        assert_eq!(fs::metadata(&seg).unwrap().len(), start as u64);
+        // The log continues after the cut with the next LSN.
+        let wal = Wal::open(dir.path(), WalOptions::default(), 0, |_| {}).unwrap();
+        assert_eq!(wal.last_lsn(), 9);
+    }
+}
+
+#[test]
+fn a_zeroed_block_at_the_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 100, 1 << 20);
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut data = fs::read(&seg).unwrap();
+    let len = data.len();
+    data[len - 512..].fill(0);
+    fs::write(&seg, &data).unwrap();
+    let records = replay(dir.path()).unwrap();
+    let kept = records.len() as u64;
+    assert!(kept < 100 && kept > 50, "kept {kept}");
+    assert_eq!(lsns(&records), (1..=kept).collect::<Vec<_>>());
+    // What was kept is intact, and the file now ends where the damage began.
+    assert_eq!(records.last().unwrap().command, set(kept));
+    assert!(fs::metadata(&seg).unwrap().len() <= (len - 512) as u64);
+}
+
+#[test]
+fn a_bit_flip_in_a_sealed_segment_stops_startup_and_repair_keeps_the_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 200, 1024);
+    let files = segments(dir.path());
+    let sealed = &files[1];
+    let mut data = fs::read(sealed).unwrap();
+    let offset = segment::MAGIC.len() + 40;
+    data[offset] ^= 0x04;
+    fs::write(sealed, &data).unwrap();
+    let first_lsn = segment::list(dir.path()).unwrap()[1].first_lsn;
+
+    let err = replay(dir.path()).unwrap_err();
+    let message = err.to_string();
+    match &err {
+        WalError::Corrupt {
+            path, offset, lsn, ..
+        } => {
+            assert_eq!(path, sealed);
+            assert_eq!(*offset, segment::MAGIC.len() as u64);
+            assert_eq!(*lsn, first_lsn);
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    assert!(message.contains(&sealed.display().to_string()), "{message}");
+    assert!(message.contains("offset 8"), "{message}");
+    assert!(message.contains(&format!("LSN {first_lsn}")), "{message}");
+
+    let report = repair(dir.path()).unwrap();
+    assert_eq!(report.last_lsn, first_lsn - 1);
+    assert_eq!(report.removed.len(), files.len() - 2);
+    let records = replay(dir.path()).unwrap();
+    assert_eq!(lsns(&records), (1..first_lsn).collect::<Vec<_>>());
+}
+
+#[test]
+fn damage_in_the_last_segment_followed_by_intact_records_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 100, 1 << 20);
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut data = fs::read(&seg).unwrap();
+    data[segment::MAGIC.len() + 100] ^= 0xff;
+    fs::write(&seg, &data).unwrap();
+    assert!(matches!(replay(dir.path()), Err(WalError::Corrupt { .. })));
+    // Nothing was cut: the operator decides.
+    assert_eq!(fs::read(&seg).unwrap(), data);
+}
+
+#[test]
+fn a_missing_segment_is_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 200, 1024);
+    let files = segments(dir.path());
+    fs::remove_file(&files[2]).unwrap();
+    let err = replay(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("segment starts at LSN"), "{err}");
+}
+
+#[test]
+fn segment_removal_respects_snapshot_floor_and_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 200, 1024);
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 1024), 0, |_| {}).unwrap();
+    let before = segment::list(dir.path()).unwrap();
+    wal.set_retention_floor(60);
+    wal.remove_segments_through(150).unwrap();
+    let after = segment::list(dir.path()).unwrap();
+    // Every remaining record at or above the floor is still readable.
+    assert!(after[0].first_lsn <= 61, "{:?}", after[0]);
+    assert!(after.len() < before.len());
+    let read: Vec<u64> = wal.read_from(60).unwrap().map(|r| r.unwrap().lsn).collect();
+    assert_eq!(read, (61..=200).collect::<Vec<_>>());
+    assert!(matches!(
+        wal.read_from(0),
+        Err(WalError::Trimmed { requested: 1, .. })
+    ));
+    wal.set_retention_floor(u64::MAX);
+    wal.remove_segments_through(u64::MAX).unwrap();
+    let last = segment::list(dir.path()).unwrap();
+    assert_eq!(last.len(), 1, "the active segment stays");
+    drop(wal);
+    // Recovery with a snapshot at 200 needs nothing more.
+    let mut seen = 0;
+    let wal = Wal::open(dir.path(), WalOptions::default(), 200, |_| seen += 1).unwrap();
+    assert_eq!((seen, wal.last_lsn()), (0, 200));
+}
+
+#[test]
+fn group_commit_makes_every_concurrent_write_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(
+        Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap(),
+    );
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let lsn = wal.append(0, &set(t * 100 + i)).unwrap();
+                    wal.commit(lsn).unwrap();
+                    assert!(wal.stats().durable_lsn >= lsn);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let stats = wal.stats();
+    assert_eq!(stats.durable_lsn, 200);
+    assert!(stats.fsyncs >= 1 && stats.fsyncs <= 200, "{stats:?}");
+    drop(wal);
+    assert_eq!(replay(dir.path()).unwrap().len(), 200);
+}
+
+#[test]
+fn interval_sync_catches_up_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(
+        dir.path(),
+        options(SyncPolicy::Interval(Duration::from_millis(20)), 1 << 20),
+        0,
+        |_| {},
+    )
+    .unwrap();
+    let lsn = wal.append(0, &set(1)).unwrap();
+    wal.commit(lsn).unwrap();
+    assert_eq!(wal.committed_lsn(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wal.stats().durable_lsn < 1 {
+        assert!(Instant::now() < deadline, "interval sync never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_failed_write_is_sticky_and_leaves_no_partial_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap();
+    for i in 1..=3 {
+        let lsn = wal.append(0, &set(i)).unwrap();
+        wal.commit(lsn).unwrap();
+    }
+    wal.break_active_file_for_test();
+    let lsn = wal.append(0, &set(4)).unwrap();
+    let err = wal.commit(lsn).unwrap_err();
+    assert!(matches!(err, WalError::Failed(_)), "{err}");
+    assert!(err.to_string().contains("restart"), "{err}");
+    assert!(matches!(wal.append(0, &set(5)), Err(WalError::Failed(_))));
+    assert!(wal.failure().is_some());
+    drop(wal);
+    assert_eq!(lsns(&replay(dir.path()).unwrap()), vec![1, 2, 3]);
+}

@@ -1,0 +1,105 @@
+//! `cargo xtask`: the project's entry points, so a newcomer needs two commands and nothing
+//! installed by hand. Every step says what it runs before running it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "wasmkv project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Show wasmkv working: a scripted tour of the store.
+    Demo {
+        /// Stop after the tour instead of waiting for Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+    },
+    /// Everything CI checks: formatting, lints, the whole test suite, and the demo.
+    Test,
+    /// Run the benchmarks and rewrite BENCHMARKS.md with the figures.
+    Bench {
+        /// A short run to check that the benchmarks work (figures are not written).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Demo { exit } => demo(exit),
+        Task::Test => test(),
+        Task::Bench { quick } => bench(quick),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run(step: &str, mut cmd: Command) -> Result<()> {
+    eprintln!("==> {step}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start: {cmd:?}"))?;
+    if !status.success() {
+        bail!("{step} failed ({status})");
+    }
+    Ok(())
+}
+
+fn demo(exit: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "-p", "wasmkv-examples", "--bin", "embedded"]);
+    if exit {
+        cmd.arg("--").arg("--exit");
+    }
+    run("demo: the embedded store tour", cmd)
+}
+
+fn test() -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run("cargo fmt --check", fmt)?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run("cargo clippy -D warnings", clippy)?;
+    let mut tests = cargo();
+    tests.args(["test", "--workspace"]);
+    run("cargo test --workspace", tests)?;
+    demo(true)
+}
+
+fn bench(quick: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "wasmkv", "--bench", "storage", "--"]);
+    if quick {
+        cmd.arg("--quick");
+    } else {
+        cmd.arg("--write").arg(root().join("BENCHMARKS.md"));
+    }
+    run("storage and WAL benchmarks", cmd)
+}
