@@ -66,7 +66,14 @@ fn run(step: &str, mut cmd: Command) -> Result<()> {
 
 fn demo(exit: bool) -> Result<()> {
     let mut cmd = cargo();
-    cmd.args(["run", "--quiet", "-p", "wasmkv-examples", "--bin", "embedded"]);
+    cmd.args([
+        "run",
+        "--quiet",
+        "-p",
+        "wasmkv-examples",
+        "--bin",
+        "embedded",
+    ]);
     if exit {
         cmd.arg("--").arg("--exit");
     }

@@ -124,7 +124,7 @@ impl Sequencer {
 
     pub fn plan(&self, engine: &Engine, command: &Command, now_ms: u64) -> Plan {
         let mut plan = Plan::default();
-        let mut step = |plan: &mut Plan, key: &Bytes, after: KeyState| {
+        let step = |plan: &mut Plan, key: &Bytes, after: KeyState| {
             let before = plan
                 .states
                 .iter()
@@ -132,8 +132,8 @@ impl Sequencer {
                 .find(|(k, _)| k == key)
                 .map(|&(_, s)| s)
                 .unwrap_or_else(|| self.state(engine, key, now_ms));
-            plan.entries_delta += i64::from(after != KeyState::Absent)
-                - i64::from(before != KeyState::Absent);
+            plan.entries_delta +=
+                i64::from(after != KeyState::Absent) - i64::from(before != KeyState::Absent);
             plan.memory_delta += after.cost() as i64 - before.cost() as i64;
             plan.states.push((key.clone(), after));
         };
@@ -195,7 +195,11 @@ impl Sequencer {
             self.entries_delta -= record.entries_delta;
             self.memory_delta -= record.memory_delta;
             apply::for_each_key(&record.command, |key| {
-                if self.overlay.get(key).is_some_and(|&(lsn, _)| lsn == record.lsn) {
+                if self
+                    .overlay
+                    .get(key)
+                    .is_some_and(|&(lsn, _)| lsn == record.lsn)
+                {
                     self.overlay.remove(key);
                 }
             });

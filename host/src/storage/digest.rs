@@ -83,17 +83,33 @@ mod tests {
             keys: 1,
         };
         assert_eq!(e.digest(0), want);
-        assert_eq!(engine(1).digest(0), Digest { hash: [0; 16], keys: 0 });
+        assert_eq!(
+            engine(1).digest(0),
+            Digest {
+                hash: [0; 16],
+                keys: 0
+            }
+        );
     }
 
     #[test]
     fn same_data_same_digest_whatever_order_shards_and_versions() {
         let (a, b) = (engine(1), engine(64));
         for i in 0..1_000 {
-            a.set(key(i), Bytes::from(vec![i as u8; i as usize % 50]), u64::from(i % 3) * 10_000, 1);
+            a.set(
+                key(i),
+                Bytes::from(vec![i as u8; i as usize % 50]),
+                u64::from(i % 3) * 10_000,
+                1,
+            );
         }
         for i in (0..1_000).rev() {
-            b.set(key(i), Bytes::from(vec![i as u8; i as usize % 50]), u64::from(i % 3) * 10_000, 99);
+            b.set(
+                key(i),
+                Bytes::from(vec![i as u8; i as usize % 50]),
+                u64::from(i % 3) * 10_000,
+                99,
+            );
         }
         // Writes that were overwritten later leave no trace.
         b.set(key(5), Bytes::from_static(b"old"), 0, 100);
@@ -112,7 +128,11 @@ mod tests {
         b.set(key(42), Bytes::from_static(b"w"), 0, 2);
         assert_ne!(a.digest(0).hash, b.digest(0).hash);
         b.set(key(42), Bytes::from_static(b"v"), 7_000, 3);
-        assert_ne!(a.digest(0).hash, b.digest(0).hash, "expiry is part of the data");
+        assert_ne!(
+            a.digest(0).hash,
+            b.digest(0).hash,
+            "expiry is part of the data"
+        );
     }
 
     #[test]

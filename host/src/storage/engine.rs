@@ -76,9 +76,7 @@ impl Engine {
     pub fn new(opts: EngineOptions) -> Self {
         let count = if opts.shards == 0 {
             let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-            cpus.saturating_mul(16)
-                .min(MAX_SHARDS)
-                .next_power_of_two()
+            cpus.saturating_mul(16).min(MAX_SHARDS).next_power_of_two()
         } else {
             opts.shards.min(MAX_SHARDS)
         };
@@ -252,5 +250,243 @@ impl fmt::Debug for Engine {
             .field("len", &self.len())
             .field("memory", &self.memory())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    fn engine(shards: usize) -> Engine {
+        Engine::new(EngineOptions { shards })
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn item(value: &str, version: u64, expires_at_ms: u64) -> Item {
+        Item {
+            value: b(value),
+            version,
+            expires_at_ms,
+        }
+    }
+
+    /// Counts what is really stored, to check the O(1) counters against.
+    fn recount(engine: &Engine) -> (u64, u64) {
+        let (mut len, mut memory) = (0, 0);
+        let Ok(()) = engine.for_each_chunk(|chunk| {
+            len += chunk.len() as u64;
+            memory += chunk
+                .iter()
+                .map(|e| entry_cost(e.key.len(), e.value.len()))
+                .sum::<u64>();
+            Ok::<(), std::convert::Infallible>(())
+        });
+        (len, memory)
+    }
+
+    #[test]
+    fn engine_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Engine>();
+    }
+
+    #[test]
+    fn shard_count_follows_options() {
+        let auto = engine(0).shard_count();
+        assert!(auto >= 16 && auto.is_power_of_two(), "{auto}");
+        assert_eq!(engine(10).shard_count(), 10);
+        assert_eq!(engine(usize::MAX).shard_count(), MAX_SHARDS);
+    }
+
+    #[test]
+    fn set_get_overwrite_delete() {
+        let e = engine(4);
+        assert_eq!(e.get(b"k", 0), None);
+        assert!(e.set(b("k"), b("v1"), 0, 1));
+        assert_eq!(e.get(b"k", 0), Some(item("v1", 1, 0)));
+        assert!(
+            !e.set(b("k"), b("v2"), 500, 2),
+            "an overwrite is not an insert"
+        );
+        assert_eq!(e.get(b"k", 0), Some(item("v2", 2, 500)));
+        let want = Peek {
+            version: 2,
+            expires_at_ms: 500,
+            cost: entry_cost(1, 2),
+        };
+        assert_eq!(e.peek(b"k", 0), Some(want));
+        assert!(e.delete(b"k"));
+        assert!(!e.delete(b"k"));
+        assert_eq!(e.get(b"k", 0), None);
+        assert_eq!((e.len(), e.memory()), (0, 0));
+        // The API layer validates keys; this layer just stores whatever it is given.
+        assert!(e.set(Bytes::new(), Bytes::new(), 0, 3));
+        assert_eq!(e.get(b"", 0), Some(item("", 3, 0)));
+    }
+
+    #[test]
+    fn expired_entries_are_hidden_but_stored_until_deleted() {
+        let e = engine(4);
+        e.set(b("k"), b("v"), 1_000, 1);
+        assert_eq!(e.get(b"k", 999), Some(item("v", 1, 1_000)));
+        assert_eq!(e.get(b"k", 1_000), None);
+        assert_eq!(e.peek(b"k", 1_000), None);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e.memory(), entry_cost(1, 1));
+        assert!(
+            !e.set(b("k"), b("w"), 0, 2),
+            "an expired entry still exists"
+        );
+        assert_eq!(e.get(b"k", u64::MAX), Some(item("w", 2, 0)));
+        e.set(b("k"), b("w"), 5, 3);
+        assert!(e.delete(b"k"));
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn peek_does_not_count_as_an_access() {
+        let e = engine(1);
+        e.set(b("k"), b("v"), 0, 1);
+        for _ in 0..100 {
+            e.peek(b"k", 0);
+        }
+        assert_eq!(e.candidate(b"k").expect("stored").hits, 5);
+        e.get(b"k", 0);
+        assert_eq!(e.candidate(b"k").expect("stored").hits, 6);
+    }
+
+    #[test]
+    fn accounting_matches_a_model_after_random_operations() {
+        let e = engine(8);
+        let mut model: HashMap<Bytes, Bytes> = HashMap::new();
+        for i in 0..20_000u64 {
+            let key = Bytes::from(format!("k{}", fastrand::u8(..200)));
+            match fastrand::u8(..10) {
+                0..=5 => {
+                    let value = Bytes::from(vec![1; fastrand::usize(..100)]);
+                    let ttl = if fastrand::bool() { i } else { 0 };
+                    let inserted = e.set(key.clone(), value.clone(), ttl, i);
+                    assert_eq!(inserted, model.insert(key, value).is_none());
+                }
+                6..=8 => assert_eq!(e.delete(&key), model.remove(&key).is_some()),
+                _ => assert_eq!(e.get(&key, 0).map(|it| it.value), model.get(&key).cloned()),
+            }
+            if i % 7_000 == 6_999 {
+                assert_eq!(e.len(), model.len() as u64);
+                e.clear();
+                model.clear();
+            }
+        }
+        let memory: u64 = model
+            .iter()
+            .map(|(k, v)| entry_cost(k.len(), v.len()))
+            .sum();
+        assert_eq!((e.len(), e.memory()), (model.len() as u64, memory));
+        assert_eq!(recount(&e), (model.len() as u64, memory));
+        e.clear();
+        assert_eq!((e.len(), e.memory(), recount(&e)), (0, 0, (0, 0)));
+    }
+
+    #[test]
+    fn for_each_chunk_sees_every_entry_once_while_another_thread_writes() {
+        let e = Arc::new(engine(16));
+        for i in 0..10_000 {
+            e.set(Bytes::from(format!("stable-{i}")), b("v"), i % 2, i);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (e, stop) = (Arc::clone(&e), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Relaxed) {
+                    let key = Bytes::from(format!("churn-{}", i % 500));
+                    if i % 3 == 0 {
+                        e.delete(&key);
+                    } else {
+                        e.set(key, b("x"), 0, i);
+                    }
+                    i += 1;
+                }
+            })
+        };
+        for _ in 0..5 {
+            let mut seen = HashMap::new();
+            let Ok(()) = e.for_each_chunk(|chunk| {
+                for entry in chunk {
+                    *seen.entry(entry.key.clone()).or_insert(0) += 1;
+                }
+                Ok::<(), std::convert::Infallible>(())
+            });
+            assert!(seen.values().all(|&n| n == 1), "a key was visited twice");
+            let stable = seen.keys().filter(|k| k.starts_with(b"stable-")).count();
+            assert_eq!(stable, 10_000);
+        }
+        stop.store(true, Relaxed);
+        writer.join().expect("writer");
+    }
+
+    #[test]
+    fn for_each_chunk_stops_at_the_first_error() {
+        let e = engine(8);
+        for i in 0..100 {
+            e.set(Bytes::from(format!("{i}")), b("v"), 0, i);
+        }
+        let mut calls = 0;
+        let result = e.for_each_chunk(|_| {
+            calls += 1;
+            Err("disk full")
+        });
+        assert_eq!((result, calls), (Err("disk full"), 1));
+    }
+
+    #[test]
+    fn concurrent_writers_leave_exact_counters() {
+        let e = Arc::new(engine(0));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let e = Arc::clone(&e);
+                std::thread::spawn(move || {
+                    for i in 0..20_000u64 {
+                        // Overlapping keys, so threads race on the same entries.
+                        let key = Bytes::from(format!("k{}", fastrand::u16(..2_000)));
+                        match i % 4 {
+                            0 => {
+                                e.delete(&key);
+                            }
+                            1 => {
+                                e.get(&key, 0);
+                            }
+                            _ => {
+                                let value = Bytes::from(vec![0; fastrand::usize(..64)]);
+                                e.set(key, value, t * i % 3, t * 100_000 + i);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("worker");
+        }
+        assert_eq!(recount(&e), (e.len(), e.memory()));
+        assert!(e.len() > 0);
+    }
+
+    #[test]
+    fn debug_shows_a_summary() {
+        let e = engine(2);
+        e.set(b("k"), b("v"), 0, 1);
+        let shown = format!("{e:?}");
+        assert!(
+            shown.contains("shards: 2") && shown.contains("len: 1"),
+            "{shown}"
+        );
     }
 }

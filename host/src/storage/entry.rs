@@ -177,7 +177,11 @@ mod tests {
 
     #[test]
     fn entry_stays_small() {
-        assert!(std::mem::size_of::<Entry>() <= 56, "{}", std::mem::size_of::<Entry>());
+        assert!(
+            std::mem::size_of::<Entry>() <= 56,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 
     #[test]
@@ -233,7 +237,10 @@ mod tests {
         e.overwrite(Bytes::from_static(b"b"), 7, 2, 2 * LFU_DECAY_TICKS);
         assert_eq!(e.access_tick(), 2 * LFU_DECAY_TICKS);
         assert_eq!(e.hits(2 * LFU_DECAY_TICKS), LFU_INIT - 1);
-        assert_eq!((e.value.as_ref(), e.expires_at_ms, e.version), (&b"b"[..], 7, 2));
+        assert_eq!(
+            (e.value.as_ref(), e.expires_at_ms, e.version),
+            (&b"b"[..], 7, 2)
+        );
     }
 
     #[test]

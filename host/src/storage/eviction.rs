@@ -143,7 +143,11 @@ mod tests {
             engine.set(key(i), Bytes::new(), 0, i);
         }
         // Three entries spread over 256 shards are all found.
-        let mut keys: Vec<Bytes> = engine.sample_candidates(5).into_iter().map(|c| c.key).collect();
+        let mut keys: Vec<Bytes> = engine
+            .sample_candidates(5)
+            .into_iter()
+            .map(|c| c.key)
+            .collect();
         keys.sort();
         assert_eq!(keys, vec![key(0), key(1), key(2)]);
         for i in 3..1_000 {
@@ -158,7 +162,12 @@ mod tests {
     fn volatile_samples_only_see_keys_with_ttl() {
         let engine = Engine::new(EngineOptions { shards: 16 });
         for i in 0..1_000 {
-            engine.set(key(i), Bytes::new(), if i % 100 == 0 { 5_000 + i } else { 0 }, i);
+            engine.set(
+                key(i),
+                Bytes::new(),
+                if i % 100 == 0 { 5_000 + i } else { 0 },
+                i,
+            );
         }
         let sample = engine.sample_volatile_candidates(100);
         assert_eq!(sample.len(), 10);
@@ -169,12 +178,24 @@ mod tests {
     fn candidate_reports_current_metadata() {
         let engine = Engine::new(EngineOptions::default());
         assert_eq!(engine.candidate(b"k"), None);
-        engine.set(Bytes::from_static(b"k"), Bytes::from_static(b"value"), 77, 3);
+        engine.set(
+            Bytes::from_static(b"k"),
+            Bytes::from_static(b"value"),
+            77,
+            3,
+        );
         let c = engine.candidate(b"k").expect("stored");
         assert_eq!(c.key, Bytes::from_static(b"k"));
-        assert_eq!((c.size, c.hits, c.expires_at_ms, c.version), (entry_cost(1, 5), 5, 77, 3));
+        assert_eq!(
+            (c.size, c.hits, c.expires_at_ms, c.version),
+            (entry_cost(1, 5), 5, 77, 3)
+        );
         let now = crate::clock::now_ms();
-        assert!(c.last_access_ms.abs_diff(now) < 1_000, "{} vs {now}", c.last_access_ms);
+        assert!(
+            c.last_access_ms.abs_diff(now) < 1_000,
+            "{} vs {now}",
+            c.last_access_ms
+        );
         // An expired entry is still a candidate: evicting it frees memory too.
         assert!(engine.candidate(b"k").is_some());
         engine.get(b"k", 0);

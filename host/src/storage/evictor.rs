@@ -158,3 +158,253 @@ impl fmt::Debug for Evictor {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::storage::{EngineOptions, builtin_policy};
+
+    /// 10 s in access ticks of 10 ms.
+    const TEN_S: u32 = 1_000;
+
+    fn key(i: u64) -> Bytes {
+        Bytes::from(format!("key-{i:05}"))
+    }
+
+    fn index(key: &[u8]) -> u64 {
+        std::str::from_utf8(&key[4..]).unwrap().parse().unwrap()
+    }
+
+    fn evictor(policy: &str) -> Evictor {
+        Evictor::new(builtin_policy(policy).unwrap(), DEFAULT_SAMPLE)
+    }
+
+    /// Evicts one key at a time, `rounds` times, deleting each victim as the db would.
+    fn evict(engine: &Engine, evictor: &mut Evictor, rounds: usize) -> Vec<u64> {
+        let mut victims = Vec::new();
+        for _ in 0..rounds {
+            for (key, version) in evictor.pick(engine, 1, |_| false).unwrap() {
+                assert_eq!(engine.peek(&key, 0).unwrap().version, version);
+                engine.delete(&key);
+                victims.push(index(&key));
+            }
+        }
+        assert_eq!(victims.len(), rounds);
+        victims
+    }
+
+    /// Ranks candidates in the order given and records what it was shown.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Vec<Candidate>>>);
+
+    impl EvictionPolicy for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+
+        fn rank(&self, candidates: &[Candidate], want: usize) -> Result<Vec<usize>, EvictionError> {
+            self.0.lock().push(candidates.to_vec());
+            Ok((0..candidates.len().min(want)).collect())
+        }
+    }
+
+    /// Returns a fixed answer whatever it is shown.
+    struct Fixed(Result<Vec<usize>, fn() -> EvictionError>);
+
+    impl EvictionPolicy for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+
+        fn rank(&self, _: &[Candidate], _: usize) -> Result<Vec<usize>, EvictionError> {
+            self.0.clone().map_err(|make| make())
+        }
+    }
+
+    #[test]
+    fn lru_evicts_what_was_accessed_longest_ago() {
+        let engine = Engine::new(EngineOptions { shards: 16 });
+        for i in 0..10_000 {
+            let tick = if i < 5_000 { 0 } else { 10 * TEN_S };
+            engine.set_at(key(i), Bytes::new(), 0, i, tick);
+        }
+        // Reading the first quarter makes it recent: the second quarter is now the oldest.
+        for i in 0..2_500 {
+            engine.get_at(&key(i), 0, 20 * TEN_S);
+        }
+        let mut lru = evictor("lru");
+        let victims = evict(&engine, &mut lru, 200);
+        let oldest = victims
+            .iter()
+            .filter(|&&i| (2_500..5_000).contains(&i))
+            .count();
+        assert!(
+            oldest >= 180,
+            "only {oldest} of 200 victims among the oldest keys"
+        );
+    }
+
+    #[test]
+    fn lfu_evicts_rarely_read_entries() {
+        let engine = Engine::new(EngineOptions { shards: 16 });
+        for i in 0..10_000 {
+            engine.set_at(key(i), Bytes::new(), 0, i, 0);
+        }
+        for i in (1..10_000).step_by(2) {
+            for _ in 0..3 {
+                engine.get_at(&key(i), 0, 0);
+            }
+        }
+        let victims = evict(&engine, &mut evictor("lfu"), 200);
+        let cold = victims.iter().filter(|&&i| i % 2 == 0).count();
+        assert!(cold >= 180, "only {cold} of 200 victims among unread keys");
+    }
+
+    #[test]
+    fn volatile_ttl_evicts_soonest_expiry_among_keys_with_ttl() {
+        let engine = Engine::new(EngineOptions { shards: 16 });
+        for i in 0..1_000 {
+            engine.set(key(i), Bytes::new(), 0, i);
+        }
+        let mut ttl = evictor("volatile-ttl");
+        assert!(matches!(
+            ttl.pick(&engine, 1, |_| false),
+            Err(EvictionError::NoCandidates)
+        ));
+        for (i, expires) in [(1_000, 3_000), (1_001, 1_000), (1_002, 2_000)] {
+            engine.set(key(i), Bytes::new(), expires, i);
+        }
+        assert_eq!(evict(&engine, &mut ttl, 1), vec![1_001]);
+        let rest: Vec<u64> = ttl
+            .pick(&engine, 2, |_| false)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| index(k))
+            .collect();
+        assert_eq!(rest, vec![1_002, 1_000]);
+        engine.delete(&key(1_002));
+        engine.delete(&key(1_000));
+        for i in 2_000..2_100 {
+            engine.set(key(i), Bytes::new(), 10_000 + i, i);
+        }
+        let victims = evict(&engine, &mut ttl, 50);
+        assert!(
+            victims.iter().all(|i| (2_000..2_100).contains(i)),
+            "{victims:?}"
+        );
+    }
+
+    #[test]
+    fn noeviction_refuses_with_an_actionable_error() {
+        let engine = Engine::new(EngineOptions { shards: 4 });
+        engine.set(key(1), Bytes::new(), 0, 1);
+        let mut none = evictor("noeviction");
+        assert_eq!(none.policy_name(), "noeviction");
+        let err = none.pick(&engine, 1, |_| false).unwrap_err();
+        assert!(matches!(err, EvictionError::NoEviction));
+        assert!(err.to_string().contains("noeviction"), "{err}");
+    }
+
+    #[test]
+    fn skipped_keys_are_never_victims() {
+        let engine = Engine::new(EngineOptions { shards: 4 });
+        for i in 0..10 {
+            engine.set(key(i), Bytes::new(), 0, i);
+        }
+        let mut lru = Evictor::new(builtin_policy("lru").unwrap(), 100);
+        let victims = lru.pick(&engine, 3, |k| k != key(3)).unwrap();
+        assert_eq!(victims, vec![(key(3), 3)]);
+        let all = lru.pick(&engine, 1, |_| true);
+        assert!(matches!(all, Err(EvictionError::NoCandidates)));
+
+        for i in 10..1_000 {
+            engine.set(key(i), Bytes::new(), 0, i);
+        }
+        let mut lru = evictor("lru");
+        for _ in 0..100 {
+            for (victim, _) in lru.pick(&engine, 1, |k| index(k) % 2 == 0).unwrap() {
+                assert!(index(&victim) % 2 == 1);
+                engine.delete(&victim);
+            }
+        }
+    }
+
+    #[test]
+    fn large_needs_get_distinct_victims() {
+        let engine = Engine::new(EngineOptions { shards: 8 });
+        for i in 0..1_000 {
+            engine.set(key(i), Bytes::new(), 0, i);
+        }
+        let mut lru = evictor("lru");
+        let victims = lru.pick(&engine, 100, |_| false).unwrap();
+        let distinct: HashSet<&Bytes> = victims.iter().map(|(k, _)| k).collect();
+        assert_eq!((victims.len(), distinct.len()), (100, 100));
+        let everything = lru.pick(&engine, 5_000, |_| false).unwrap();
+        let distinct: HashSet<&Bytes> = everything.iter().map(|(k, _)| k).collect();
+        assert_eq!((everything.len(), distinct.len()), (1_000, 1_000));
+        assert!(lru.pick(&engine, 0, |_| false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn garbage_rankings_are_tolerated() {
+        let engine = Engine::new(EngineOptions { shards: 2 });
+        for i in 0..3 {
+            engine.set(key(i), Bytes::new(), 0, i);
+        }
+        let garbage = Fixed(Ok(vec![usize::MAX, 3, 1, 1, 0, 0, 2]));
+        let mut evictor = Evictor::new(Arc::new(garbage), 10);
+        let victims = evictor.pick(&engine, 2, |_| false).unwrap();
+        let distinct: HashSet<u64> = victims.iter().map(|(k, _)| index(k)).collect();
+        assert_eq!(distinct.len(), 2);
+        assert!(distinct.iter().all(|i| *i < 3));
+
+        let mut empty = Evictor::new(Arc::new(Fixed(Ok(vec![]))), 10);
+        assert!(matches!(
+            empty.pick(&engine, 1, |_| false),
+            Err(EvictionError::NoCandidates)
+        ));
+        let failing = Fixed(Err(|| EvictionError::Policy {
+            policy: "fixed".into(),
+            message: "trapped".into(),
+        }));
+        let mut failing = Evictor::new(Arc::new(failing), 10);
+        let err = failing.pick(&engine, 1, |_| false).unwrap_err();
+        assert_eq!(err.to_string(), "eviction policy fixed failed: trapped");
+    }
+
+    #[test]
+    fn pool_keeps_unchanged_candidates_and_drops_gone_or_rewritten_ones() {
+        let engine = Engine::new(EngineOptions { shards: 1 });
+        for i in 0..100 {
+            engine.set(key(i), Bytes::new(), 0, i);
+        }
+        let recorder = Arc::new(Recorder::default());
+        let mut evictor = Evictor::new(recorder.clone(), 4);
+        let first = evictor.pick(&engine, 1, |_| false).unwrap();
+        let seen = recorder.0.lock()[0].clone();
+        assert_eq!(seen.len(), 4);
+        assert_eq!(first, vec![(seen[0].key.clone(), seen[0].version)]);
+        engine.delete(&first[0].0);
+        engine.delete(&seen[1].key);
+        engine.set(seen[2].key.clone(), Bytes::new(), 0, 999);
+        evictor.pick(&engine, 1, |_| false).unwrap();
+        let second = recorder.0.lock()[1].clone();
+        let keys: HashSet<&Bytes> = second.iter().map(|c| &c.key).collect();
+        assert_eq!(keys.len(), second.len(), "candidates are deduplicated");
+        assert!(
+            keys.contains(&seen[3].key),
+            "an unchanged pool entry is kept"
+        );
+        assert!(!keys.contains(&seen[1].key), "a deleted key is dropped");
+        assert!(
+            second
+                .iter()
+                .all(|c| c.key != seen[2].key || c.version == 999)
+        );
+        assert!(format!("{evictor:?}").contains("recorder"));
+    }
+}

@@ -69,7 +69,10 @@ mod tests {
             engine.set(key(i), Bytes::from_static(b"v"), ttl, i);
         }
         let want: Vec<(Bytes, u64)> = {
-            let mut want: Vec<_> = (0..300).filter(|i| i % 3 == 1).map(|i| (key(i), i)).collect();
+            let mut want: Vec<_> = (0..300)
+                .filter(|i| i % 3 == 1)
+                .map(|i| (key(i), i))
+                .collect();
             want.sort();
             want
         };

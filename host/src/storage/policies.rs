@@ -65,7 +65,12 @@ impl EvictionPolicy for Lfu {
     }
 
     fn rank(&self, candidates: &[Candidate], want: usize) -> Result<Vec<usize>, EvictionError> {
-        Ok(smallest(candidates, want, |_| true, |c| (c.hits, c.last_access_ms)))
+        Ok(smallest(
+            candidates,
+            want,
+            |_| true,
+            |c| (c.hits, c.last_access_ms),
+        ))
     }
 }
 
@@ -75,7 +80,12 @@ impl EvictionPolicy for VolatileTtl {
     }
 
     fn rank(&self, candidates: &[Candidate], want: usize) -> Result<Vec<usize>, EvictionError> {
-        let ranked = smallest(candidates, want, |c| c.expires_at_ms != 0, |c| c.expires_at_ms);
+        let ranked = smallest(
+            candidates,
+            want,
+            |c| c.expires_at_ms != 0,
+            |c| c.expires_at_ms,
+        );
         if ranked.is_empty() && want > 0 {
             return Err(EvictionError::NoCandidates);
         }
@@ -114,8 +124,14 @@ mod tests {
         }
     }
 
-    fn rank(name: &str, candidates: &[Candidate], want: usize) -> Result<Vec<usize>, EvictionError> {
-        builtin_policy(name).expect("built in").rank(candidates, want)
+    fn rank(
+        name: &str,
+        candidates: &[Candidate],
+        want: usize,
+    ) -> Result<Vec<usize>, EvictionError> {
+        builtin_policy(name)
+            .expect("built in")
+            .rank(candidates, want)
     }
 
     #[test]
@@ -129,7 +145,11 @@ mod tests {
 
     #[test]
     fn lru_ranks_oldest_access_first() {
-        let c = [candidate(30, 0, 0), candidate(10, 9, 0), candidate(20, 1, 0)];
+        let c = [
+            candidate(30, 0, 0),
+            candidate(10, 9, 0),
+            candidate(20, 1, 0),
+        ];
         assert_eq!(rank("lru", &c, 10).unwrap(), vec![1, 2, 0]);
         assert_eq!(rank("lru", &c, 2).unwrap(), vec![1, 2]);
         assert_eq!(rank("lru", &c, 0).unwrap(), Vec::<usize>::new());
@@ -137,7 +157,11 @@ mod tests {
 
     #[test]
     fn lfu_ranks_fewest_hits_first_then_oldest() {
-        let c = [candidate(10, 7, 0), candidate(30, 2, 0), candidate(20, 2, 0)];
+        let c = [
+            candidate(10, 7, 0),
+            candidate(30, 2, 0),
+            candidate(20, 2, 0),
+        ];
         assert_eq!(rank("lfu", &c, 10).unwrap(), vec![2, 1, 0]);
     }
 
@@ -146,14 +170,23 @@ mod tests {
         let c = [candidate(0, 0, 50), candidate(0, 0, 0), candidate(0, 0, 20)];
         assert_eq!(rank("volatile-ttl", &c, 10).unwrap(), vec![2, 0]);
         let none = [candidate(0, 0, 0)];
-        assert!(matches!(rank("volatile-ttl", &none, 1), Err(EvictionError::NoCandidates)));
+        assert!(matches!(
+            rank("volatile-ttl", &none, 1),
+            Err(EvictionError::NoCandidates)
+        ));
         assert!(builtin_policy("volatile-ttl").unwrap().volatile_only());
         assert!(!builtin_policy("lru").unwrap().volatile_only());
     }
 
     #[test]
     fn noeviction_always_refuses() {
-        assert!(matches!(rank("noeviction", &[candidate(0, 0, 0)], 1), Err(EvictionError::NoEviction)));
-        assert!(matches!(rank("noeviction", &[], 1), Err(EvictionError::NoEviction)));
+        assert!(matches!(
+            rank("noeviction", &[candidate(0, 0, 0)], 1),
+            Err(EvictionError::NoEviction)
+        ));
+        assert!(matches!(
+            rank("noeviction", &[], 1),
+            Err(EvictionError::NoEviction)
+        ));
     }
 }

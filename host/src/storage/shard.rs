@@ -178,7 +178,10 @@ mod tests {
         check(&data);
         assert_eq!(data.ttl.len(), 1);
         let cost = entry_cost(1, 1);
-        assert_eq!(data.set(b("a"), b("333"), 0, 3, 0), Replaced::Entry { cost });
+        assert_eq!(
+            data.set(b("a"), b("333"), 0, 3, 0),
+            Replaced::Entry { cost }
+        );
         check(&data);
         assert!(data.ttl.is_empty());
         data.set(b("b"), b(""), 50, 4, 0);
@@ -222,7 +225,13 @@ mod tests {
     fn samples_are_distinct_and_ttl_samples_have_ttl() {
         let mut data = ShardData::new();
         for i in 0..100u64 {
-            data.set(Bytes::from(i.to_le_bytes().to_vec()), b("v"), i % 2 * 1_000, i, 0);
+            data.set(
+                Bytes::from(i.to_le_bytes().to_vec()),
+                b("v"),
+                i % 2 * 1_000,
+                i,
+                0,
+            );
         }
         let keys: Vec<&Bytes> = data.sample(10).map(|(k, _)| k).collect();
         assert_eq!(keys.len(), 10);

@@ -127,7 +127,8 @@ impl Wal {
             // The snapshot is newer than the whole log (the log was repaired or fully folded
             // into it): the old segments hold nothing recovery needs and would leave an LSN gap.
             for seg in segments.drain(..) {
-                std::fs::remove_file(&seg.path).map_err(|e| WalError::io("remove", &seg.path, e))?;
+                std::fs::remove_file(&seg.path)
+                    .map_err(|e| WalError::io("remove", &seg.path, e))?;
             }
             last_lsn = after_lsn;
         }

@@ -61,7 +61,9 @@ impl LogReader {
             if self.current.is_none() {
                 self.current = Some(SegmentReader::open(&seg.path).map_err(|e| match e {
                     // Removed by retention after this reader was made.
-                    WalError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                    WalError::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
                         WalError::Trimmed {
                             requested: self.next_lsn,
                             oldest: self.next_lsn + 1,

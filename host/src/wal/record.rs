@@ -215,11 +215,6 @@ pub(crate) fn checked_frame(buf: &[u8], min_body: usize) -> Result<&[u8], Decode
     Ok(body)
 }
 
-/// The LSN of a record whose frame has been checked.
-pub fn body_lsn(body: &[u8]) -> u64 {
-    u64::from_le_bytes(body[0..8].try_into().expect("checked by frame"))
-}
-
 fn decode_body(body: &[u8]) -> Result<Record, DecodeError> {
     let mut r = Reader(body);
     let lsn = r.u64()?;
@@ -299,7 +294,9 @@ pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
         if self.0.len() < n {
-            return Err(DecodeError::Malformed("field runs past the end of the record"));
+            return Err(DecodeError::Malformed(
+                "field runs past the end of the record",
+            ));
         }
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
@@ -311,11 +308,15 @@ impl Reader<'_> {
     }
 
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     pub(crate) fn bytes(&mut self) -> Result<Bytes, DecodeError> {
@@ -413,10 +414,7 @@ mod tests {
 
     #[test]
     fn zeroes_are_not_a_record() {
-        assert!(matches!(
-            decode(&[0; 64]),
-            Err(DecodeError::BadLength(0))
-        ));
+        assert!(matches!(decode(&[0; 64]), Err(DecodeError::BadLength(0))));
     }
 
     #[test]

@@ -108,11 +108,7 @@ pub fn repair(dir: &Path) -> Result<RepairReport> {
     Ok(report)
 }
 
-fn scan(
-    segments: &[SegmentMeta],
-    after_lsn: u64,
-    mut apply: impl FnMut(Record),
-) -> Result<Scan> {
+fn scan(segments: &[SegmentMeta], after_lsn: u64, mut apply: impl FnMut(Record)) -> Result<Scan> {
     let mut expected = segments.first().map_or(1, |s| s.first_lsn);
     let mut tail_len = 0;
     for (index, seg) in segments.iter().enumerate() {
@@ -157,15 +153,16 @@ fn scan(
         let mut offset = MAGIC.len();
         while offset < data.len() {
             let rest = &data[offset..];
-            let outcome = record::decode(rest).map_err(|e| e.to_string()).and_then(
-                |(record, used)| {
-                    if record.lsn == expected {
-                        Ok((record, used))
-                    } else {
-                        Err(format!("found LSN {}", record.lsn))
-                    }
-                },
-            );
+            let outcome =
+                record::decode(rest)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(record, used)| {
+                        if record.lsn == expected {
+                            Ok((record, used))
+                        } else {
+                            Err(format!("found LSN {}", record.lsn))
+                        }
+                    });
             match outcome {
                 Ok((record, used)) => {
                     if record.lsn > after_lsn {

@@ -121,8 +121,8 @@ impl SegmentReader {
             // The writer has not finished this record (or it is torn): the readable log ends here.
             return Ok(None);
         }
-        let (record, used) = record::decode(&self.buf)
-            .map_err(|e| self.corrupt(expected_lsn, e.to_string()))?;
+        let (record, used) =
+            record::decode(&self.buf).map_err(|e| self.corrupt(expected_lsn, e.to_string()))?;
         if record.lsn != expected_lsn {
             return Err(self.corrupt(expected_lsn, format!("found LSN {}", record.lsn)));
         }

@@ -69,7 +69,8 @@ impl SnapshotWriter {
         self.frame.extend_from_slice(&[0; FRAME_HEADER]);
         record::put_bytes(&mut self.frame, &entry.key);
         record::put_bytes(&mut self.frame, &entry.value);
-        self.frame.extend_from_slice(&entry.expires_at_ms.to_le_bytes());
+        self.frame
+            .extend_from_slice(&entry.expires_at_ms.to_le_bytes());
         self.frame.extend_from_slice(&entry.version.to_le_bytes());
         record::seal_frame(&mut self.frame, 0);
         let frame = std::mem::take(&mut self.frame);
@@ -121,7 +122,10 @@ pub fn newest(dir: &Path) -> Result<Option<(u64, PathBuf)>> {
             let _ = fs::remove_file(entry.path());
             continue;
         }
-        let Some(lsn) = name.strip_suffix(SUFFIX).and_then(|s| s.parse::<u64>().ok()) else {
+        let Some(lsn) = name
+            .strip_suffix(SUFFIX)
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
             continue;
         };
         if best.as_ref().is_none_or(|(b, _)| lsn > *b) {
@@ -269,7 +273,14 @@ mod tests {
         assert!(!dir.path().join("00000000000000000012.snap.tmp").exists());
         let mut got = Vec::new();
         let info = load(&path, |e| got.push(e)).unwrap();
-        assert_eq!(info, SnapshotInfo { lsn: 9, created_ms: 77, entries: 300 });
+        assert_eq!(
+            info,
+            SnapshotInfo {
+                lsn: 9,
+                created_ms: 77,
+                entries: 300
+            }
+        );
         assert_eq!(got, (0..300).map(entry).collect::<Vec<_>>());
         remove_older_than(dir.path(), 9).unwrap();
         assert!(!snapshot_path(dir.path(), 5).exists());

@@ -82,9 +82,16 @@ fn rotates_segments_and_reads_across_them() {
     write_log(dir.path(), 200, 512);
     let files = segments(dir.path());
     assert!(files.len() > 5, "only {} segments", files.len());
-    assert_eq!(lsns(&replay(dir.path()).unwrap()), (1..=200).collect::<Vec<_>>());
+    assert_eq!(
+        lsns(&replay(dir.path()).unwrap()),
+        (1..=200).collect::<Vec<_>>()
+    );
     let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 512), 0, |_| {}).unwrap();
-    let tail: Vec<u64> = wal.read_from(120).unwrap().map(|r| r.unwrap().lsn).collect();
+    let tail: Vec<u64> = wal
+        .read_from(120)
+        .unwrap()
+        .map(|r| r.unwrap().lsn)
+        .collect();
     assert_eq!(tail, (121..=200).collect::<Vec<_>>());
     assert_eq!(wal.read_from(200).unwrap().count(), 0);
 }
@@ -218,9 +225,8 @@ fn segment_removal_respects_snapshot_floor_and_active_segment() {
 #[test]
 fn group_commit_makes_every_concurrent_write_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Arc::new(
-        Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap(),
-    );
+    let wal =
+        Arc::new(Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap());
     let writers: Vec<_> = (0..8)
         .map(|t| {
             let wal = Arc::clone(&wal);
