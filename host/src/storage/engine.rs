@@ -407,7 +407,7 @@ mod tests {
                 let mut i = 0u64;
                 while !stop.load(Relaxed) {
                     let key = Bytes::from(format!("churn-{}", i % 500));
-                    if i % 3 == 0 {
+                    if i.is_multiple_of(3) {
                         e.delete(&key);
                     } else {
                         e.set(key, b("x"), 0, i);
@@ -476,7 +476,7 @@ mod tests {
             thread.join().expect("worker");
         }
         assert_eq!(recount(&e), (e.len(), e.memory()));
-        assert!(e.len() > 0);
+        assert!(!e.is_empty());
     }
 
     #[test]

@@ -11,7 +11,6 @@ use super::sample::distinct_indices;
 
 /// A shard behind its lock, aligned to two cache lines so that the lock word of one shard never
 /// shares a line with its neighbour's (adjacent-line prefetching pulls lines in pairs).
-#[derive(Debug)]
 #[repr(align(128))]
 pub(super) struct Shard(pub(super) RwLock<ShardData>);
 
@@ -25,8 +24,8 @@ impl Shard {
 ///
 /// Maps are `IndexMap`s so that a uniformly random entry is one `get_index` away: expiry and
 /// eviction sample keys instead of scanning. Removal uses `swap_remove`, which keeps that O(1).
-/// Hashers are randomly seeded per map so that crafted keys cannot pile up in one bucket chain.
-#[derive(Debug)]
+/// Hashers are randomly seeded per map so that clients cannot craft colliding keys.
+/// No `Debug`: it would dump every entry.
 pub(super) struct ShardData {
     map: IndexMap<Bytes, Entry, RandomState>,
     /// Keys of `map` whose entry has an expiry, so active expiry samples only those.
@@ -111,8 +110,8 @@ impl ShardData {
                 Replaced::Nothing
             }
         };
-        if let Replaced::Entry { cost } = replaced {
-            self.memory -= cost;
+        if let Replaced::Entry { cost: old } = replaced {
+            self.memory -= old;
         }
         self.memory += cost;
         replaced

@@ -91,6 +91,9 @@ struct Shared {
     retention_floor: AtomicU64,
     failure: OnceLock<String>,
     stop: (Mutex<bool>, Condvar),
+    /// Followers of a group commit wait here for the leader's flush to finish.
+    progress: Mutex<()>,
+    progressed: Condvar,
 }
 
 /// Records appended but not yet handed to the OS.
@@ -189,6 +192,8 @@ impl Wal {
             retention_floor: AtomicU64::new(u64::MAX),
             failure: OnceLock::new(),
             stop: (Mutex::new(false), Condvar::new()),
+            progress: Mutex::new(()),
+            progressed: Condvar::new(),
         });
         let syncer = match opts.sync {
             SyncPolicy::Interval(every) => {
@@ -223,25 +228,52 @@ impl Wal {
     }
 
     /// Wait until `lsn` is as safe as the sync policy promises (written, or written and synced).
+    ///
+    /// One caller at a time is the leader and does the I/O for everything appended so far;
+    /// the others wait on a condition variable, not on the I/O lock, so when the leader's
+    /// fsync completes every writer it covered returns at once instead of queueing behind the
+    /// next leader's fsync.
     pub fn commit(&self, lsn: u64) -> Result<()> {
-        let sync = self.shared.opts.sync == SyncPolicy::Always;
+        let shared = &*self.shared;
+        let sync = shared.opts.sync == SyncPolicy::Always;
         let covered = || {
             let mark = if sync {
-                &self.shared.durable_lsn
+                &shared.durable_lsn
             } else {
-                &self.shared.written_lsn
+                &shared.written_lsn
             };
             mark.load(Ordering::Acquire) >= lsn
         };
-        if covered() {
-            return Ok(());
+        loop {
+            if covered() {
+                return Ok(());
+            }
+            shared.check_usable()?;
+            if let Some(mut active) = shared.active.try_lock() {
+                let flushed = if covered() {
+                    Ok(())
+                } else {
+                    shared.flush(&mut active, sync)
+                };
+                drop(active);
+                // Taking the lock orders this wake-up after any follower's check-then-wait.
+                drop(shared.progress.lock());
+                shared.progressed.notify_all();
+                flushed?;
+                continue;
+            }
+            let mut guard = shared.progress.lock();
+            if covered() {
+                return Ok(());
+            }
+            if shared.active.is_locked() {
+                // The timeout only matters when the lock holder is the interval syncer taking
+                // a descriptor copy, which does not notify.
+                shared
+                    .progressed
+                    .wait_for(&mut guard, Duration::from_millis(1));
+            }
         }
-        let mut active = self.shared.active.lock();
-        if covered() {
-            return Ok(());
-        }
-        self.shared.check_usable()?;
-        self.shared.flush(&mut active, sync)
     }
 
     /// The highest LSN that is acknowledged-safe under the sync policy: what readers of the
