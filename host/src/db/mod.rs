@@ -582,7 +582,7 @@ impl Progress {
 
     fn tick(&mut self) {
         self.count += 1;
-        if self.count % 65536 == 0 && self.last.elapsed() >= Duration::from_secs(1) {
+        if self.count.is_multiple_of(65536) && self.last.elapsed() >= Duration::from_secs(1) {
             self.last = Instant::now();
             tracing::info!(count = self.count, "recovering: {}", self.what);
         }

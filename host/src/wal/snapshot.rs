@@ -185,9 +185,9 @@ pub fn load(path: &Path, mut apply: impl FnMut(SnapshotEntry)) -> Result<Snapsho
     let lsn = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
     let created_ms = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
     let mut count = 0u64;
-    let mut buf = Vec::new();
+    let mut buf = vec![0; FRAME_HEADER];
     loop {
-        buf.resize(FRAME_HEADER, 0);
+        buf.truncate(FRAME_HEADER);
         input.read_exact(&mut buf).map_err(io_err)?;
         let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
         if len == TRAILER_MARK {
