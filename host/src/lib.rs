@@ -4,6 +4,7 @@
 //! it to the `storage` engine. `storage` knows nothing about the WAL and the WAL knows nothing
 //! about the in-memory map; `db` is the only place where the two meet.
 
+pub mod api;
 pub mod clock;
 pub mod db;
 pub mod storage;

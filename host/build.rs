@@ -1,0 +1,53 @@
+//! Generates the Rust types of `api/kvstore.proto` (with `protox`, so no `protoc` is needed).
+//! Every message also derives serde (the CBOR mapping: field names as keys, bytes as byte
+//! strings, integers and enums as integers) and prost-reflect's `ReflectMessage` (the proto3
+//! JSON mapping, driven by the descriptor).
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let api = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../api");
+    println!(
+        "cargo:rerun-if-changed={}",
+        api.join("kvstore.proto").display()
+    );
+    let descriptors = protox::compile(["kvstore.proto"], [&api])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("kvstore_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
+    let mut config = prost_build::Config::new();
+    config.bytes(["."]);
+    for file in &descriptors.file {
+        for message in &file.message_type {
+            let name = format!(".{}.{}", file.package(), message.name());
+            config.type_attribute(
+                &name,
+                "#[derive(::serde::Serialize, ::serde::Deserialize, ::prost_reflect::ReflectMessage)]\n\
+                 #[serde(default)]",
+            );
+            config.type_attribute(
+                &name,
+                format!(
+                    "#[prost_reflect(descriptor_pool = \"crate::api::proto::DESCRIPTOR_POOL\", \
+                     message_name = \"{}\")]",
+                    &name[1..]
+                ),
+            );
+            for field in &message.field {
+                if field.proto3_optional() {
+                    config.field_attribute(
+                        format!("{name}.{}", field.name()),
+                        "#[serde(skip_serializing_if = \"::core::option::Option::is_none\")]",
+                    );
+                }
+            }
+        }
+    }
+    config.compile_fds(descriptors)?;
+    Ok(())
+}

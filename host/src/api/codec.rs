@@ -1,0 +1,228 @@
+//! The three body encodings of every message: protobuf, proto3 JSON and CBOR.
+//!
+//! Protobuf is prost's. JSON goes through prost-reflect's dynamic messages, which implement the
+//! proto3 JSON mapping exactly (camelCase or original field names accepted, bytes as base64,
+//! 64-bit integers as strings) from the descriptor. CBOR is serde on the generated structs:
+//! a map keyed by the proto field names, bytes as byte strings, integers and enums as integers,
+//! unknown keys ignored (so old servers accept newer clients' extra fields).
+
+use prost::Message;
+use prost_reflect::{DynamicMessage, ReflectMessage};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::error::ConnectError;
+
+/// What every wire message supports.
+pub trait WireMessage:
+    Message + ReflectMessage + Serialize + DeserializeOwned + Default + Send + 'static
+{
+}
+
+impl<T> WireMessage for T where
+    T: Message + ReflectMessage + Serialize + DeserializeOwned + Default + Send + 'static
+{
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Codec {
+    Proto,
+    Json,
+    Cbor,
+}
+
+impl Codec {
+    pub const ALL: [Codec; 3] = [Codec::Proto, Codec::Json, Codec::Cbor];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Proto => "proto",
+            Codec::Json => "json",
+            Codec::Cbor => "cbor",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Codec> {
+        Codec::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The codec of a unary request's `Content-Type` (`application/cbor`, parameters ignored).
+    pub fn from_unary_content_type(content_type: &str) -> Option<Codec> {
+        Codec::from_name(media_type(content_type).strip_prefix("application/")?)
+    }
+
+    /// The codec of a streaming request's `Content-Type` (`application/connect+cbor`).
+    pub fn from_stream_content_type(content_type: &str) -> Option<Codec> {
+        Codec::from_name(media_type(content_type).strip_prefix("application/connect+")?)
+    }
+
+    pub fn unary_content_type(self) -> &'static str {
+        match self {
+            Codec::Proto => "application/proto",
+            Codec::Json => "application/json",
+            Codec::Cbor => "application/cbor",
+        }
+    }
+
+    pub fn stream_content_type(self) -> &'static str {
+        match self {
+            Codec::Proto => "application/connect+proto",
+            Codec::Json => "application/connect+json",
+            Codec::Cbor => "application/connect+cbor",
+        }
+    }
+
+    pub fn decode<T: WireMessage>(self, body: &[u8]) -> Result<T, ConnectError> {
+        let malformed = |e: &dyn std::fmt::Display| {
+            ConnectError::invalid_argument(format!(
+                "malformed {} body for {}: {e}",
+                self.name(),
+                T::default().descriptor().full_name()
+            ))
+        };
+        match self {
+            Codec::Proto => T::decode(body).map_err(|e| malformed(&e)),
+            Codec::Cbor => ciborium::from_reader(body).map_err(|e| malformed(&e)),
+            Codec::Json => {
+                let body = if body.is_empty() {
+                    b"{}".as_slice()
+                } else {
+                    body
+                };
+                let mut de = serde_json::Deserializer::from_slice(body);
+                let dynamic = DynamicMessage::deserialize(T::default().descriptor(), &mut de)
+                    .map_err(|e| malformed(&e))?;
+                de.end().map_err(|e| malformed(&e))?;
+                dynamic.transcode_to::<T>().map_err(|e| malformed(&e))
+            }
+        }
+    }
+
+    pub fn encode<T: WireMessage>(self, message: &T) -> Vec<u8> {
+        match self {
+            Codec::Proto => message.encode_to_vec(),
+            Codec::Cbor => {
+                let mut out = Vec::with_capacity(message.encoded_len() + 32);
+                ciborium::into_writer(message, &mut out)
+                    .expect("writing CBOR to a Vec cannot fail");
+                out
+            }
+            Codec::Json => serde_json::to_vec(&message.transcode_to_dynamic())
+                .expect("a dynamic message always serializes to JSON"),
+        }
+    }
+}
+
+/// The media type of a Content-Type header, lower-cased, without parameters.
+fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::api::proto::{GetResponse, SetRequest};
+
+    fn sample() -> SetRequest {
+        SetRequest {
+            key: Bytes::from_static(b"k\xff"),
+            value: Bytes::from_static(b"\x00v"),
+            ttl_ms: 1500,
+            min_replicas: 0,
+            if_version: Some(0),
+        }
+    }
+
+    #[test]
+    fn every_codec_round_trips() {
+        for codec in Codec::ALL {
+            let bytes = codec.encode(&sample());
+            assert_eq!(
+                codec.decode::<SetRequest>(&bytes).unwrap(),
+                sample(),
+                "{codec:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cbor_is_a_map_of_field_names_with_byte_strings() {
+        let value: ciborium::Value =
+            ciborium::from_reader(&Codec::Cbor.encode(&sample())[..]).unwrap();
+        let map = value.as_map().unwrap();
+        let get = |name: &str| {
+            map.iter()
+                .find(|(k, _)| k.as_text() == Some(name))
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("key").unwrap().as_bytes().unwrap(), b"k\xff");
+        assert_eq!(get("ttl_ms").unwrap().as_integer().unwrap(), 1500.into());
+        assert_eq!(get("if_version").unwrap().as_integer().unwrap(), 0.into());
+        // Unknown keys from newer clients are ignored; absent fields take their defaults.
+        let mut extra = Vec::new();
+        ciborium::into_writer(
+            &ciborium::Value::Map(vec![
+                ("key".into(), ciborium::Value::Bytes(b"a".to_vec())),
+                ("future_field".into(), 7.into()),
+            ]),
+            &mut extra,
+        )
+        .unwrap();
+        let decoded: SetRequest = Codec::Cbor.decode(&extra).unwrap();
+        assert_eq!(
+            (decoded.key.as_ref(), decoded.if_version),
+            (&b"a"[..], None)
+        );
+    }
+
+    #[test]
+    fn json_follows_the_proto3_mapping() {
+        let json = String::from_utf8(Codec::Json.encode(&sample())).unwrap();
+        assert!(json.contains("\"key\":\"a/8=\""), "{json}");
+        assert!(json.contains("\"ttlMs\":\"1500\""), "{json}");
+        let parsed: SetRequest = Codec::Json
+            .decode(br#"{"key":"a/8=","value":"AHY=","ttl_ms":1500,"ifVersion":"0"}"#)
+            .unwrap();
+        assert_eq!(parsed, sample());
+        let empty: GetResponse = Codec::Json.decode(b"").unwrap();
+        assert_eq!(empty, GetResponse::default());
+    }
+
+    #[test]
+    fn garbage_is_invalid_argument_naming_codec_and_message() {
+        for codec in Codec::ALL {
+            let err = codec.decode::<SetRequest>(b"\xff\xfe garbage").unwrap_err();
+            assert_eq!(err.code, crate::api::error::Code::InvalidArgument);
+            assert!(err.message.contains(codec.name()), "{}", err.message);
+            assert!(
+                err.message.contains("kvstore.v1.SetRequest"),
+                "{}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            Codec::from_unary_content_type("Application/CBOR; charset=utf-8"),
+            Some(Codec::Cbor)
+        );
+        assert_eq!(
+            Codec::from_stream_content_type("application/connect+json"),
+            Some(Codec::Json)
+        );
+        assert_eq!(Codec::from_unary_content_type("text/plain"), None);
+        assert_eq!(
+            Codec::from_unary_content_type("application/connect+proto"),
+            None
+        );
+    }
+}
