@@ -1,9 +1,17 @@
 //! The node's HTTP face: the Connect protocol (CBOR, JSON and protobuf bodies), the curl
 //! routes, health and metrics. Nothing below this module knows about HTTP.
 
+mod admin;
 pub mod codec;
+pub mod connect;
 pub mod error;
+mod kv;
+mod metrics;
 pub mod proto;
+mod rest;
+pub mod server;
+mod state;
 
 pub use codec::{Codec, WireMessage};
 pub use error::{Code, ConnectError};
+pub use state::{ApiState, Limits};

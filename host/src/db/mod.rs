@@ -164,7 +164,9 @@ struct Inner {
     expired: AtomicU64,
     evicted: AtomicU64,
     stop: maintenance::Stop,
-    _lock: DirLock,
+    /// Released by `close`, so a closed store frees its directory even while handles to it
+    /// linger.
+    lock: Mutex<Option<DirLock>>,
 }
 
 impl Db {
@@ -226,7 +228,7 @@ impl Db {
             expired: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             stop: maintenance::Stop::default(),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
             opts,
         });
         let maintenance = maintenance::spawn(Arc::clone(&inner)).map_err(|source| DbError::Io {
@@ -339,13 +341,18 @@ impl Db {
         &self.inner.opts.dir
     }
 
-    /// Stop background work and flush and fsync the WAL. Further writes fail with `Closed`.
+    /// Stop background work, flush and fsync the WAL, and release the data directory.
+    /// Further writes fail with `Closed`; reads go on.
     pub fn close(&self) -> Result<(), DbError> {
         self.inner.stop.stop();
         if let Some(handle) = self.maintenance.lock().take() {
             let _ = handle.join();
         }
-        Ok(self.inner.wal.close()?)
+        let closed = self.inner.wal.close();
+        if closed.is_ok() {
+            self.inner.lock.lock().take();
+        }
+        Ok(closed?)
     }
 }
 

@@ -1,0 +1,216 @@
+//! The Connect protocol over hyper: unary calls and server-streaming envelopes.
+//!
+//! Unary: `POST /pkg.Service/Method`, the body one message in the codec named by
+//! `Content-Type`, the response in the same codec; errors as JSON `{"code","message"}` with the
+//! HTTP status the protocol assigns. Streaming: `application/connect+<codec>` bodies made of
+//! envelopes (`flags:u8 length:u32be data`); the response ends with an end-of-stream envelope
+//! (flag 0x02) carrying `{}` or `{"error":{...}}`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use super::codec::{Codec, WireMessage};
+use super::error::{Code, ConnectError};
+
+pub type ResponseBody = BoxBody<Bytes, Infallible>;
+
+/// Flag of the envelope that ends a stream.
+pub const END_STREAM_FLAG: u8 = 0x02;
+/// Flag of a compressed envelope (we never compress, and refuse compressed input).
+const COMPRESSED_FLAG: u8 = 0x01;
+
+pub fn full(body: impl Into<Bytes>) -> ResponseBody {
+    Full::new(body.into()).boxed()
+}
+
+/// The error response of a unary call.
+pub fn error_response(error: &ConnectError) -> Response<ResponseBody> {
+    Response::builder()
+        .status(error.code.http_status())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(error.to_json()))
+        .expect("static headers are valid")
+}
+
+pub fn message_response<T: WireMessage>(codec: Codec, message: &T) -> Response<ResponseBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, codec.unary_content_type())
+        .body(full(codec.encode(message)))
+        .expect("static headers are valid")
+}
+
+/// The codec a unary request asks for; a missing or unsupported type is a clear error.
+pub fn unary_codec(headers: &HeaderMap) -> Result<Codec, ConnectError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Codec::from_unary_content_type(content_type).ok_or_else(|| {
+        ConnectError::invalid_argument(format!(
+            "unsupported Content-Type {content_type:?}: use application/cbor, \
+             application/json or application/proto"
+        ))
+    })
+}
+
+/// The codec of a server-streaming request (`application/connect+<codec>`).
+pub fn stream_codec(headers: &HeaderMap) -> Result<Codec, ConnectError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Codec::from_stream_content_type(content_type).ok_or_else(|| {
+        ConnectError::invalid_argument(format!(
+            "unsupported Content-Type {content_type:?} for a streaming method: use \
+             application/connect+cbor, application/connect+json or application/connect+proto"
+        ))
+    })
+}
+
+/// The deadline a client set with `Connect-Timeout-Ms` (at most 10 digits, per the protocol).
+pub fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, ConnectError> {
+    let Some(value) = headers.get("connect-timeout-ms") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| Some(Duration::from_millis(ms)))
+        .ok_or_else(|| {
+            ConnectError::invalid_argument(format!(
+                "Connect-Timeout-Ms must be a positive integer of at most 10 digits, got {value:?}"
+            ))
+        })
+}
+
+/// Read a request body of at most `limit` bytes. A declared `Content-Length` over the limit
+/// is refused before anything is read; otherwise reading stops as soon as the limit is passed.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    limit_name: &str,
+) -> Result<Bytes, ConnectError> {
+    let too_large = || {
+        ConnectError::new(
+            Code::ResourceExhausted,
+            format!("request body exceeds {limit} bytes ({limit_name})"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ConnectError::new(
+            Code::Canceled,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+/// One envelope: flags, big-endian length, data.
+pub fn envelope(flags: u8, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + data.len());
+    out.put_u8(flags);
+    out.put_u32(data.len() as u32);
+    out.put_slice(data);
+    out.freeze()
+}
+
+/// The end-of-stream envelope, with the error that ended the stream if any.
+pub fn end_stream(error: Option<&ConnectError>) -> Bytes {
+    let json = match error {
+        None => b"{}".to_vec(),
+        Some(e) => serde_json::to_vec(&serde_json::json!({
+            "error": { "code": e.code.as_str(), "message": e.message }
+        }))
+        .expect("a JSON object always serializes"),
+    };
+    envelope(END_STREAM_FLAG, &json)
+}
+
+/// The single request message of a server-streaming call: exactly one uncompressed envelope.
+pub fn decode_stream_request<T: WireMessage>(codec: Codec, body: &[u8]) -> Result<T, ConnectError> {
+    let bad = |why: &str| ConnectError::invalid_argument(format!("malformed request envelope: {why}"));
+    if body.len() < 5 {
+        return Err(bad("shorter than its 5-byte header"));
+    }
+    if body[0] & COMPRESSED_FLAG != 0 {
+        return Err(ConnectError::new(
+            Code::Unimplemented,
+            "compressed messages are not supported; send Connect-Content-Encoding: identity",
+        ));
+    }
+    let len = u32::from_be_bytes(body[1..5].try_into().expect("4 bytes")) as usize;
+    if body.len() != 5 + len {
+        return Err(bad("its length does not match the body"));
+    }
+    codec.decode(&body[5..])
+}
+
+/// Headers every Connect streaming response carries.
+pub fn stream_response_headers(codec: Codec) -> [(header::HeaderName, HeaderValue); 1] {
+    [(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(codec.stream_content_type()),
+    )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::proto::GetRequest;
+
+    #[test]
+    fn timeouts_are_validated() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(timeout(&headers).unwrap(), None);
+        headers.insert("connect-timeout-ms", HeaderValue::from_static("250"));
+        assert_eq!(timeout(&headers).unwrap(), Some(Duration::from_millis(250)));
+        for bad in ["-1", "abc", "12345678901", ""] {
+            headers.insert("connect-timeout-ms", HeaderValue::from_str(bad).unwrap());
+            assert_eq!(timeout(&headers).unwrap_err().code, Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stream_requests_are_one_envelope() {
+        let message = GetRequest {
+            key: Bytes::from_static(b"k"),
+            min_lsn: 3,
+        };
+        let body = envelope(0, &Codec::Cbor.encode(&message));
+        assert_eq!(decode_stream_request::<GetRequest>(Codec::Cbor, &body).unwrap(), message);
+        assert!(decode_stream_request::<GetRequest>(Codec::Cbor, &body[..4]).is_err());
+        let mut compressed = body.to_vec();
+        compressed[0] = COMPRESSED_FLAG;
+        assert_eq!(
+            decode_stream_request::<GetRequest>(Codec::Cbor, &compressed).unwrap_err().code,
+            Code::Unimplemented
+        );
+    }
+
+    #[test]
+    fn end_of_stream_carries_the_error() {
+        let eos = end_stream(Some(&ConnectError::unavailable("gone")));
+        assert_eq!(eos[0], END_STREAM_FLAG);
+        let json: serde_json::Value = serde_json::from_slice(&eos[5..]).unwrap();
+        assert_eq!(json["error"]["code"], "unavailable");
+        assert_eq!(&end_stream(None)[5..], b"{}");
+    }
+}

@@ -1,0 +1,161 @@
+//! Routes for people with curl: `GET`/`PUT`/`DELETE /v1/kv/{key}` with raw bodies (keys are
+//! percent-decoded path segments; `PUT ...?ttl=10s`), plus `/healthz`, `/readyz`, `/metrics`.
+//! Errors use the same Connect JSON as the RPC routes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use super::connect::{ResponseBody, full, read_body};
+use super::error::{Code, ConnectError};
+use super::proto::{DeleteRequest, GetRequest, SetRequest};
+use super::state::ApiState;
+use super::kv;
+
+pub const KV_PREFIX: &str = "/v1/kv/";
+
+pub async fn kv_route(
+    state: &Arc<ApiState>,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ConnectError> {
+    let raw = path.strip_prefix(KV_PREFIX).unwrap_or_default();
+    let key = Bytes::from(percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>());
+    match *method {
+        Method::GET | Method::HEAD => {
+            let got = kv::get(state, GetRequest { key: key.clone(), min_lsn: 0 }).await?;
+            if !got.found {
+                return Err(not_found(&key));
+            }
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header("x-wasmkv-version", got.version)
+                .header("x-wasmkv-expires-at-ms", got.expires_at_ms)
+                .body(full(got.value))
+                .expect("valid headers"))
+        }
+        Method::PUT | Method::POST => {
+            let ttl = ttl_param(query)?;
+            let value = read_body(
+                headers,
+                body,
+                state.limits.max_value_bytes,
+                "limits.max_value_bytes",
+            )
+            .await?;
+            let set = kv::set(
+                state,
+                SetRequest {
+                    key,
+                    value,
+                    ttl_ms: ttl.map_or(0, |d| d.as_millis().max(1) as u64),
+                    ..SetRequest::default()
+                },
+            )
+            .await?;
+            Ok(json(serde_json::json!({ "lsn": set.lsn })))
+        }
+        Method::DELETE => {
+            let deleted = kv::delete(state, DeleteRequest { key: key.clone() }).await?;
+            if !deleted.found {
+                return Err(not_found(&key));
+            }
+            Ok(json(serde_json::json!({ "found": true, "lsn": deleted.lsn })))
+        }
+        _ => Err(ConnectError::new(
+            Code::Unimplemented,
+            format!("{method} is not supported on {KV_PREFIX}{{key}}: use GET, PUT or DELETE"),
+        )),
+    }
+}
+
+fn not_found(key: &[u8]) -> ConnectError {
+    ConnectError::new(
+        Code::NotFound,
+        format!("key {:?} not found", String::from_utf8_lossy(key)),
+    )
+}
+
+/// `ttl=10s` (humantime: 250ms, 10s, 5m, 1h30m) from the query string.
+fn ttl_param(query: Option<&str>) -> Result<Option<Duration>, ConnectError> {
+    let Some(query) = query else { return Ok(None) };
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name == "ttl" {
+            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            return humantime::parse_duration(&value).map(Some).map_err(|e| {
+                ConnectError::invalid_argument(format!(
+                    "ttl={value:?} is not a duration ({e}); use forms like 250ms, 10s, 5m"
+                ))
+            });
+        }
+    }
+    Ok(None)
+}
+
+pub fn json(value: serde_json::Value) -> Response<ResponseBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(serde_json::to_vec(&value).expect("JSON value serializes")))
+        .expect("valid headers")
+}
+
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(full(body))
+        .expect("valid headers")
+}
+
+pub fn healthz() -> Response<ResponseBody> {
+    text(StatusCode::OK, "ok\n")
+}
+
+pub fn readyz(state: &ApiState) -> Response<ResponseBody> {
+    match state.store.get() {
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "recovering\n"),
+        Some(db) => match db.stats().failure {
+            Some(failure) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("writes refused: {failure}\n"),
+            ),
+            None => text(StatusCode::OK, "ready\n"),
+        },
+    }
+}
+
+pub fn metrics(state: &ApiState) -> Response<ResponseBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .body(full(state.metrics.render()))
+        .expect("valid headers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_query_parameter() {
+        assert_eq!(ttl_param(None).unwrap(), None);
+        assert_eq!(ttl_param(Some("x=1")).unwrap(), None);
+        assert_eq!(ttl_param(Some("a=b&ttl=10s")).unwrap(), Some(Duration::from_secs(10)));
+        assert_eq!(ttl_param(Some("ttl=1h30m")).unwrap(), Some(Duration::from_secs(5400)));
+        let err = ttl_param(Some("ttl=soon")).unwrap_err();
+        assert_eq!(err.code, Code::InvalidArgument);
+        assert!(err.message.contains("250ms"), "{}", err.message);
+    }
+}

@@ -1,0 +1,181 @@
+//! The HTTP server: accepts connections (HTTP/1.1 and cleartext HTTP/2 on one port), routes
+//! each request, records its latency and outcome, and shuts down gracefully.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use super::codec::WireMessage;
+use super::connect::{self, ResponseBody};
+use super::error::{Code, ConnectError};
+use super::state::ApiState;
+use super::{admin, kv, rest};
+
+/// How long shutdown waits for in-flight requests before giving up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve `listener` until `shutdown` completes, then stop accepting and let in-flight
+/// requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let service = service_fn(move |req| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(handle(state, req).await) }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+        }
+    }
+}
+
+async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let (method_name, result) = match (&parts.method, path) {
+        (&Method::POST, p) if p.starts_with("/kvstore.v1.") => {
+            let name = rpc_name(p);
+            (name, rpc(&state, name, &parts.headers, body).await)
+        }
+        (_, p) if p.starts_with(rest::KV_PREFIX) => (
+            "rest",
+            rest::kv_route(&state, &parts.method, p, parts.uri.query(), &parts.headers, body).await,
+        ),
+        (&Method::GET, "/healthz") => return rest::healthz(),
+        (&Method::GET, "/readyz") => return rest::readyz(&state),
+        (&Method::GET, "/metrics") => return rest::metrics(&state),
+        _ => {
+            return rest::text(
+                StatusCode::NOT_FOUND,
+                format!("no route for {} {path}\n", parts.method),
+            );
+        }
+    };
+    let code = result.as_ref().err().map(|e| e.code);
+    let response = result.unwrap_or_else(|e| connect::error_response(&e));
+    state.metrics.observe(method_name, started.elapsed(), code);
+    response
+}
+
+/// The metric label of an RPC path: a fixed set, so a client cannot grow the label space.
+fn rpc_name(path: &str) -> &'static str {
+    const METHODS: [&str; 9] = [
+        "/kvstore.v1.KVStore/Get",
+        "/kvstore.v1.KVStore/Set",
+        "/kvstore.v1.KVStore/Delete",
+        "/kvstore.v1.KVStore/GetUpdates",
+        "/kvstore.v1.KVStore/MultiGet",
+        "/kvstore.v1.KVStore/Write",
+        "/kvstore.v1.Admin/Status",
+        "/kvstore.v1.Admin/Digest",
+        "/kvstore.v1.Admin/Snapshot",
+    ];
+    METHODS
+        .into_iter()
+        .find(|m| *m == path)
+        .map_or("unknown", |m| m.rsplit('/').next().expect("has a slash"))
+}
+
+async fn rpc(
+    state: &Arc<ApiState>,
+    name: &'static str,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ConnectError> {
+    if name == "unknown" {
+        return Err(ConnectError::new(
+            Code::Unimplemented,
+            "no such method; services are kvstore.v1.KVStore (Get, Set, Delete, GetUpdates, \
+             MultiGet, Write) and kvstore.v1.Admin (Status, Digest, Snapshot)",
+        ));
+    }
+    let codec = connect::unary_codec(headers)?;
+    let deadline = connect::timeout(headers)?;
+    let body = connect::read_body(
+        headers,
+        body,
+        state.limits.max_request_bytes,
+        "limits.max_request_bytes",
+    )
+    .await?;
+    let call = async {
+        match name {
+            "Get" => unary(codec, &body, |r| kv::get(state, r)).await,
+            "Set" => unary(codec, &body, |r| kv::set(state, r)).await,
+            "Delete" => unary(codec, &body, |r| kv::delete(state, r)).await,
+            "GetUpdates" => unary(codec, &body, |r| kv::get_updates(state, r)).await,
+            "MultiGet" => unary(codec, &body, |r| kv::multi_get(state, r)).await,
+            "Write" => unary(codec, &body, |r| kv::write(state, r)).await,
+            "Status" => unary(codec, &body, |r| admin::status(state, r)).await,
+            "Digest" => unary(codec, &body, |r| admin::digest(state, r)).await,
+            "Snapshot" => unary(codec, &body, |r| admin::snapshot(state, r)).await,
+            _ => unreachable!("rpc_name returns only the names above"),
+        }
+    };
+    match deadline {
+        None => call.await,
+        Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(ConnectError::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "the deadline of {} ms passed before the call finished; a write may \
+                     still be applied",
+                    limit.as_millis()
+                ),
+            ))
+        }),
+    }
+}
+
+async fn unary<Req: WireMessage, Resp: WireMessage, F: Future<Output = Result<Resp, ConnectError>>>(
+    codec: super::Codec,
+    body: &[u8],
+    handler: impl FnOnce(Req) -> F,
+) -> Result<Response<ResponseBody>, ConnectError> {
+    let request = codec.decode::<Req>(body)?;
+    let response = handler(request).await?;
+    Ok(connect::message_response(codec, &response))
+}

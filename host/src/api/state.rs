@@ -1,0 +1,91 @@
+//! What every request handler shares: the store (once recovered), the request limits, the
+//! metrics.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use super::error::{Code, ConnectError};
+use super::metrics::Metrics;
+use crate::db::{Db, DbError};
+
+/// Request size limits, checked before a request reaches the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_request_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            max_request_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Limits {
+    pub fn check_key(&self, key: &[u8]) -> Result<(), ConnectError> {
+        if key.is_empty() {
+            return Err(ConnectError::invalid_argument("key is required (it was empty)"));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(ConnectError::invalid_argument(format!(
+                "key is {} bytes; the limit is {} (limits.max_key_bytes)",
+                key.len(),
+                self.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn check_value(&self, value: &[u8]) -> Result<(), ConnectError> {
+        if value.len() > self.max_value_bytes {
+            return Err(ConnectError::invalid_argument(format!(
+                "value is {} bytes; the limit is {} (limits.max_value_bytes)",
+                value.len(),
+                self.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub struct ApiState {
+    /// Filled in when recovery finishes; requests before that get `unavailable`.
+    pub store: Arc<OnceLock<Db>>,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    pub started: Instant,
+}
+
+impl ApiState {
+    pub fn new(limits: Limits) -> Self {
+        let store = Arc::new(OnceLock::new());
+        ApiState {
+            metrics: Metrics::new(Arc::clone(&store)),
+            store,
+            limits,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn db(&self) -> Result<&Db, ConnectError> {
+        self.store.get().ok_or_else(|| {
+            ConnectError::unavailable("the node is recovering its data; retry shortly")
+        })
+    }
+
+    /// Run a store call that may block (it waits for the WAL) off the async workers.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        call: impl FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, ConnectError> {
+        let state = Arc::clone(self);
+        tokio::task::spawn_blocking(move || Ok(call(state.db()?)?))
+            .await
+            .map_err(|e| ConnectError::new(Code::Internal, format!("store call failed: {e}")))?
+    }
+}
