@@ -87,8 +87,11 @@ fn maybe_snapshot(inner: &Arc<Inner>) {
             }
             worker.snapshot_running.store(false, Ordering::Release);
         });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start a snapshot thread");
-        inner.snapshot_running.store(false, Ordering::Release);
+    match spawned {
+        Ok(handle) => *inner.snapshot_thread.lock() = Some(handle),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a snapshot thread");
+            inner.snapshot_running.store(false, Ordering::Release);
+        }
     }
 }

@@ -155,10 +155,14 @@ struct Inner {
     wal: Wal,
     seq: Mutex<Sequencer>,
     applied_lsn: AtomicU64,
+    /// The same LSN for async waiters (watchers, and later replication).
+    applied_tx: tokio::sync::watch::Sender<u64>,
     snapshot_lsn: AtomicU64,
     /// WAL size right after the last snapshot: automatic snapshots count growth from here.
     snapshot_wal_bytes: AtomicU64,
     snapshot_running: AtomicBool,
+    /// The automatic snapshot in progress, joined on close so none outlives the store.
+    snapshot_thread: Mutex<Option<JoinHandle<()>>>,
     snapshot_lock: Mutex<()>,
     disk_free: AtomicU64,
     expired: AtomicU64,
@@ -220,9 +224,11 @@ impl Db {
             wal,
             seq: Mutex::new(Sequencer::new(evictor)),
             applied_lsn: AtomicU64::new(applied),
+            applied_tx: tokio::sync::watch::Sender::new(applied),
             snapshot_lsn: AtomicU64::new(report.snapshot_lsn),
             snapshot_wal_bytes: AtomicU64::new(0),
             snapshot_running: AtomicBool::new(false),
+            snapshot_thread: Mutex::new(None),
             snapshot_lock: Mutex::new(()),
             disk_free: AtomicU64::new(disk_free),
             expired: AtomicU64::new(0),
@@ -306,6 +312,11 @@ impl Db {
         self.inner.applied_lsn.load(Ordering::Acquire)
     }
 
+    /// Follows the applied LSN: `changed().await` wakes when new writes become visible.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.applied_tx.subscribe()
+    }
+
     /// Committed records after `after_lsn`, read from the log files (the seed's
     /// `GetEntriesSince`).
     pub fn read_log(&self, after_lsn: u64) -> Result<wal::LogReader, DbError> {
@@ -346,6 +357,10 @@ impl Db {
     pub fn close(&self) -> Result<(), DbError> {
         self.inner.stop.stop();
         if let Some(handle) = self.maintenance.lock().take() {
+            let _ = handle.join();
+        }
+        // Only now: the maintenance thread can no longer start another one.
+        if let Some(handle) = self.inner.snapshot_thread.lock().take() {
             let _ = handle.join();
         }
         let closed = self.inner.wal.close();
@@ -446,7 +461,7 @@ impl Inner {
                 .max(over_memory.div_ceil(average_cost))
                 .clamp(1, 64) as usize;
             let keys: Vec<Bytes> = seq
-                .pick_victims(&self.engine, need)
+                .pick_victims(&self.engine, need, plan)
                 .map_err(DbError::LimitReached)?
                 .into_iter()
                 .map(|(key, _)| key)
@@ -482,6 +497,7 @@ impl Inner {
         let mut seq = self.seq.lock();
         if let Some(last) = seq.apply_through(&self.engine, committed) {
             self.applied_lsn.fetch_max(last, Ordering::AcqRel);
+            self.applied_tx.send_replace(last);
         }
     }
 

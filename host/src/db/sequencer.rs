@@ -104,15 +104,19 @@ impl Sequencer {
         self.overlay.contains_key(key)
     }
 
-    /// Ask the eviction policy for up to `need` victims, never a key with a pending write.
+    /// Ask the eviction policy for up to `need` victims, never a key with a pending write nor
+    /// one that `plan` (the write being made room for) touches: evicting those would undo the
+    /// accounting the plan was made with.
     pub fn pick_victims(
         &mut self,
         engine: &Engine,
         need: usize,
+        plan: &Plan,
     ) -> Result<Vec<(Bytes, u64)>, EvictionError> {
         let overlay = &self.overlay;
-        self.evictor
-            .pick(engine, need, |key| overlay.contains_key(key))
+        self.evictor.pick(engine, need, |key| {
+            overlay.contains_key(key) || plan.states.iter().any(|(k, _)| k == key)
+        })
     }
 
     /// Entries and memory the engine will hold once every pending record is applied.
