@@ -114,6 +114,7 @@ impl NodeHandle {
     /// Stop accepting, let in-flight requests finish, then flush and fsync the WAL and
     /// release the data directory.
     pub async fn shutdown(self) -> Result<(), NodeError> {
+        self.state.begin_shutdown();
         let _ = self.stop.send(());
         let _ = self.server.await;
         let state = self.state;

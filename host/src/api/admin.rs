@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use super::error::ConnectError;
 use super::proto::{
-    DigestRequest, DigestResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    DigestRequest, DigestResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use super::state::ApiState;
 
-pub async fn status(state: &Arc<ApiState>, _: StatusRequest) -> Result<StatusResponse, ConnectError> {
+pub async fn status(
+    state: &Arc<ApiState>,
+    _: StatusRequest,
+) -> Result<StatusResponse, ConnectError> {
     let stats = state.db()?.stats();
     Ok(StatusResponse {
         role: "primary".into(),
@@ -29,7 +31,10 @@ pub async fn status(state: &Arc<ApiState>, _: StatusRequest) -> Result<StatusRes
     })
 }
 
-pub async fn digest(state: &Arc<ApiState>, _: DigestRequest) -> Result<DigestResponse, ConnectError> {
+pub async fn digest(
+    state: &Arc<ApiState>,
+    _: DigestRequest,
+) -> Result<DigestResponse, ConnectError> {
     let info = state.blocking(|db| Ok(db.digest())).await?;
     Ok(DigestResponse {
         digest: info.digest.to_vec().into(),

@@ -146,7 +146,8 @@ pub fn end_stream(error: Option<&ConnectError>) -> Bytes {
 
 /// The single request message of a server-streaming call: exactly one uncompressed envelope.
 pub fn decode_stream_request<T: WireMessage>(codec: Codec, body: &[u8]) -> Result<T, ConnectError> {
-    let bad = |why: &str| ConnectError::invalid_argument(format!("malformed request envelope: {why}"));
+    let bad =
+        |why: &str| ConnectError::invalid_argument(format!("malformed request envelope: {why}"));
     if body.len() < 5 {
         return Err(bad("shorter than its 5-byte header"));
     }
@@ -184,7 +185,11 @@ mod tests {
         assert_eq!(timeout(&headers).unwrap(), Some(Duration::from_millis(250)));
         for bad in ["-1", "abc", "12345678901", ""] {
             headers.insert("connect-timeout-ms", HeaderValue::from_str(bad).unwrap());
-            assert_eq!(timeout(&headers).unwrap_err().code, Code::InvalidArgument, "{bad}");
+            assert_eq!(
+                timeout(&headers).unwrap_err().code,
+                Code::InvalidArgument,
+                "{bad}"
+            );
         }
     }
 
@@ -195,12 +200,17 @@ mod tests {
             min_lsn: 3,
         };
         let body = envelope(0, &Codec::Cbor.encode(&message));
-        assert_eq!(decode_stream_request::<GetRequest>(Codec::Cbor, &body).unwrap(), message);
+        assert_eq!(
+            decode_stream_request::<GetRequest>(Codec::Cbor, &body).unwrap(),
+            message
+        );
         assert!(decode_stream_request::<GetRequest>(Codec::Cbor, &body[..4]).is_err());
         let mut compressed = body.to_vec();
         compressed[0] = COMPRESSED_FLAG;
         assert_eq!(
-            decode_stream_request::<GetRequest>(Codec::Cbor, &compressed).unwrap_err().code,
+            decode_stream_request::<GetRequest>(Codec::Cbor, &compressed)
+                .unwrap_err()
+                .code,
             Code::Unimplemented
         );
     }

@@ -84,9 +84,14 @@ pub async fn delete(
     })
 }
 
-pub async fn write(state: &Arc<ApiState>, req: WriteRequest) -> Result<WriteResponse, ConnectError> {
+pub async fn write(
+    state: &Arc<ApiState>,
+    req: WriteRequest,
+) -> Result<WriteResponse, ConnectError> {
     if req.mutations.is_empty() {
-        return Err(ConnectError::invalid_argument("a write needs at least one mutation"));
+        return Err(ConnectError::invalid_argument(
+            "a write needs at least one mutation",
+        ));
     }
     refuse_min_replicas(req.min_replicas)?;
     let mut total = 0usize;
@@ -96,7 +101,8 @@ pub async fn write(state: &Arc<ApiState>, req: WriteRequest) -> Result<WriteResp
         .enumerate()
         .map(|(i, m)| {
             total += m.key.len() + m.value.len();
-            to_mutation(state, m).map_err(|e| ConnectError::new(e.code, format!("mutation {i}: {}", e.message)))
+            to_mutation(state, m)
+                .map_err(|e| ConnectError::new(e.code, format!("mutation {i}: {}", e.message)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let lsn = state.blocking(move |db| db.write(mutations)).await?;
@@ -182,7 +188,7 @@ pub async fn get_updates(
 
 /// The wire entries of one log record: a batch becomes one entry per mutation, all with the
 /// record's LSN; expiry and eviction are deletes.
-fn push_entries(out: &mut Vec<Entry>, record: wal::Record) {
+pub(super) fn push_entries(out: &mut Vec<Entry>, record: wal::Record) {
     let entry = |op: Op, key: Bytes, value: Bytes, expires_at_ms: u64| Entry {
         lsn: record.lsn,
         timestamp_ms: record.timestamp_ms as i64,

@@ -102,26 +102,63 @@ impl Collector for StoreCollector {
         };
         let s = db.stats();
         let gauges: [(&str, &str, u64); 7] = [
-            ("keys", "Keys stored (expired ones not yet deleted included)", s.keys),
-            ("memory_bytes", "Bytes the store accounts for its entries", s.memory_bytes),
+            (
+                "keys",
+                "Keys stored (expired ones not yet deleted included)",
+                s.keys,
+            ),
+            (
+                "memory_bytes",
+                "Bytes the store accounts for its entries",
+                s.memory_bytes,
+            ),
             ("wal_bytes", "Bytes in WAL segment files", s.wal.bytes),
             ("wal_segments", "WAL segment files", s.wal.segments),
-            ("disk_free_bytes", "Free space on the WAL volume", s.disk_free_bytes),
-            ("applied_lsn", "LSN of the last write visible to readers", s.applied_lsn),
-            ("wal_failed", "1 once a WAL I/O failure stopped writes", u64::from(s.failure.is_some())),
+            (
+                "disk_free_bytes",
+                "Free space on the WAL volume",
+                s.disk_free_bytes,
+            ),
+            (
+                "applied_lsn",
+                "LSN of the last write visible to readers",
+                s.applied_lsn,
+            ),
+            (
+                "wal_failed",
+                "1 once a WAL I/O failure stopped writes",
+                u64::from(s.failure.is_some()),
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
         let counters: [(&str, &str, u64); 3] = [
-            ("expired_keys", "Keys deleted because their TTL passed", s.expired_keys),
-            ("evicted_keys", "Keys deleted to stay within limits", s.evicted_keys),
-            ("wal_fsyncs", "fdatasync calls on WAL segments", s.wal.fsyncs),
+            (
+                "expired_keys",
+                "Keys deleted because their TTL passed",
+                s.expired_keys,
+            ),
+            (
+                "evicted_keys",
+                "Keys deleted to stay within limits",
+                s.evicted_keys,
+            ),
+            (
+                "wal_fsyncs",
+                "fdatasync calls on WAL segments",
+                s.wal.fsyncs,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
         }
         let fsync_seconds = ConstCounter::new(s.wal.fsync_nanos as f64 / 1e9);
         fsync_seconds.encode(encoder.encode_descriptor(

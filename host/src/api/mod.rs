@@ -11,6 +11,7 @@ pub mod proto;
 mod rest;
 pub mod server;
 mod state;
+mod watch;
 
 pub use codec::{Codec, WireMessage};
 pub use error::{Code, ConnectError};

@@ -11,9 +11,9 @@ use hyper::body::Incoming;
 
 use super::connect::{ResponseBody, full, read_body};
 use super::error::{Code, ConnectError};
+use super::kv;
 use super::proto::{DeleteRequest, GetRequest, SetRequest};
 use super::state::ApiState;
-use super::kv;
 
 pub const KV_PREFIX: &str = "/v1/kv/";
 
@@ -29,7 +29,14 @@ pub async fn kv_route(
     let key = Bytes::from(percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>());
     match *method {
         Method::GET | Method::HEAD => {
-            let got = kv::get(state, GetRequest { key: key.clone(), min_lsn: 0 }).await?;
+            let got = kv::get(
+                state,
+                GetRequest {
+                    key: key.clone(),
+                    min_lsn: 0,
+                },
+            )
+            .await?;
             if !got.found {
                 return Err(not_found(&key));
             }
@@ -67,7 +74,9 @@ pub async fn kv_route(
             if !deleted.found {
                 return Err(not_found(&key));
             }
-            Ok(json(serde_json::json!({ "found": true, "lsn": deleted.lsn })))
+            Ok(json(
+                serde_json::json!({ "found": true, "lsn": deleted.lsn }),
+            ))
         }
         _ => Err(ConnectError::new(
             Code::Unimplemented,
@@ -104,7 +113,9 @@ pub fn json(value: serde_json::Value) -> Response<ResponseBody> {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(full(serde_json::to_vec(&value).expect("JSON value serializes")))
+        .body(full(
+            serde_json::to_vec(&value).expect("JSON value serializes"),
+        ))
         .expect("valid headers")
 }
 
@@ -152,8 +163,14 @@ mod tests {
     fn ttl_query_parameter() {
         assert_eq!(ttl_param(None).unwrap(), None);
         assert_eq!(ttl_param(Some("x=1")).unwrap(), None);
-        assert_eq!(ttl_param(Some("a=b&ttl=10s")).unwrap(), Some(Duration::from_secs(10)));
-        assert_eq!(ttl_param(Some("ttl=1h30m")).unwrap(), Some(Duration::from_secs(5400)));
+        assert_eq!(
+            ttl_param(Some("a=b&ttl=10s")).unwrap(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            ttl_param(Some("ttl=1h30m")).unwrap(),
+            Some(Duration::from_secs(5400))
+        );
         let err = ttl_param(Some("ttl=soon")).unwrap_err();
         assert_eq!(err.code, Code::InvalidArgument);
         assert!(err.message.contains("250ms"), "{}", err.message);

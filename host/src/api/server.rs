@@ -18,7 +18,7 @@ use super::codec::WireMessage;
 use super::connect::{self, ResponseBody};
 use super::error::{Code, ConnectError};
 use super::state::ApiState;
-use super::{admin, kv, rest};
+use super::{admin, kv, rest, watch};
 
 /// How long shutdown waits for in-flight requests before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,13 +76,24 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Respon
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let (method_name, result) = match (&parts.method, path) {
+        (&Method::POST, "/kvstore.v1.KVStore/Watch") => {
+            ("Watch", stream_rpc(&state, &parts.headers, body).await)
+        }
         (&Method::POST, p) if p.starts_with("/kvstore.v1.") => {
             let name = rpc_name(p);
             (name, rpc(&state, name, &parts.headers, body).await)
         }
         (_, p) if p.starts_with(rest::KV_PREFIX) => (
             "rest",
-            rest::kv_route(&state, &parts.method, p, parts.uri.query(), &parts.headers, body).await,
+            rest::kv_route(
+                &state,
+                &parts.method,
+                p,
+                parts.uri.query(),
+                &parts.headers,
+                body,
+            )
+            .await,
         ),
         (&Method::GET, "/healthz") => return rest::healthz(),
         (&Method::GET, "/readyz") => return rest::readyz(&state),
@@ -129,7 +140,7 @@ async fn rpc(
         return Err(ConnectError::new(
             Code::Unimplemented,
             "no such method; services are kvstore.v1.KVStore (Get, Set, Delete, GetUpdates, \
-             MultiGet, Write) and kvstore.v1.Admin (Status, Digest, Snapshot)",
+             MultiGet, Write, Watch) and kvstore.v1.Admin (Status, Digest, Snapshot)",
         ));
     }
     let codec = connect::unary_codec(headers)?;
@@ -170,7 +181,29 @@ async fn rpc(
     }
 }
 
-async fn unary<Req: WireMessage, Resp: WireMessage, F: Future<Output = Result<Resp, ConnectError>>>(
+/// A server-streaming call: one enveloped request in, envelopes out until end-of-stream.
+async fn stream_rpc(
+    state: &Arc<ApiState>,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ConnectError> {
+    let codec = connect::stream_codec(headers)?;
+    let body = connect::read_body(
+        headers,
+        body,
+        state.limits.max_request_bytes,
+        "limits.max_request_bytes",
+    )
+    .await?;
+    let request = connect::decode_stream_request(codec, &body)?;
+    watch::watch(state, codec, request).await
+}
+
+async fn unary<
+    Req: WireMessage,
+    Resp: WireMessage,
+    F: Future<Output = Result<Resp, ConnectError>>,
+>(
     codec: super::Codec,
     body: &[u8],
     handler: impl FnOnce(Req) -> F,

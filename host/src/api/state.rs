@@ -29,7 +29,9 @@ impl Default for Limits {
 impl Limits {
     pub fn check_key(&self, key: &[u8]) -> Result<(), ConnectError> {
         if key.is_empty() {
-            return Err(ConnectError::invalid_argument("key is required (it was empty)"));
+            return Err(ConnectError::invalid_argument(
+                "key is required (it was empty)",
+            ));
         }
         if key.len() > self.max_key_bytes {
             return Err(ConnectError::invalid_argument(format!(
@@ -59,6 +61,8 @@ pub struct ApiState {
     pub limits: Limits,
     pub metrics: Metrics,
     pub started: Instant,
+    /// Set when the node begins shutting down, so long-lived streams end promptly.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl ApiState {
@@ -69,7 +73,17 @@ impl ApiState {
             store,
             limits,
             started: Instant::now(),
+            shutdown: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Tell streams to end: the node is shutting down.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
     pub fn db(&self) -> Result<&Db, ConnectError> {

@@ -1,0 +1,170 @@
+//! `KVStore/Watch`: a server stream of the changes to keys under a prefix, as they commit.
+//!
+//! The stream first replays the log after `from_lsn`, then follows new commits (woken by the
+//! store's applied-LSN watch, no polling). Every response carries the LSN delivered through,
+//! so a client resumes a broken watch without gaps or repeats; while nothing matches, a
+//! heartbeat carries only that LSN. The stream ends with an error when the log no longer holds
+//! `from_lsn` or the node shuts down.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use tokio::sync::mpsc;
+
+use super::codec::Codec;
+use super::connect::{self, ResponseBody, envelope};
+use super::error::{Code, ConnectError};
+use super::kv::push_entries;
+use super::proto::{Entry, WatchRequest, WatchResponse};
+use super::state::ApiState;
+use crate::db::DbError;
+use crate::wal::WalError;
+
+/// How often an idle watch says it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Records read from the log per step, so one watcher never holds a huge batch.
+const RECORDS_PER_STEP: usize = 1024;
+
+pub async fn watch(
+    state: &Arc<ApiState>,
+    codec: Codec,
+    req: WatchRequest,
+) -> Result<Response<ResponseBody>, ConnectError> {
+    let db = state.db()?;
+    let applied = db.watch_applied();
+    let from = if req.from_lsn == 0 {
+        db.applied_lsn()
+    } else {
+        req.from_lsn
+    };
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(pump(
+        Arc::clone(state),
+        codec,
+        req.prefix,
+        from,
+        tx,
+        applied,
+    ));
+    let mut response = Response::builder().status(StatusCode::OK);
+    for (name, value) in connect::stream_response_headers(codec) {
+        response = response.header(name, value);
+    }
+    Ok(response
+        .body(ChannelBody(rx).boxed())
+        .expect("valid headers"))
+}
+
+async fn pump(
+    state: Arc<ApiState>,
+    codec: Codec,
+    prefix: Bytes,
+    mut cursor: u64,
+    tx: mpsc::Sender<Bytes>,
+    mut applied: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut shutdown = state.shutdown_signal();
+    let send = |message: WatchResponse| envelope(0, &codec.encode(&message));
+    let outcome: Result<(), ConnectError> = loop {
+        let step = {
+            let prefix = prefix.clone();
+            state
+                .blocking(move |db| Ok(read_step(db, cursor, &prefix)))
+                .await
+                .and_then(|step| step)
+        };
+        match step {
+            Ok((entries, last)) if last > cursor => {
+                cursor = last;
+                if !entries.is_empty()
+                    && tx
+                        .send(send(WatchResponse {
+                            entries,
+                            lsn: cursor,
+                        }))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => break Err(e),
+        }
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { break Ok(()) },
+            () = tokio::time::sleep(HEARTBEAT) => {
+                if tx.send(send(WatchResponse { entries: Vec::new(), lsn: cursor })).await.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.changed() => break Err(ConnectError::unavailable(format!(
+                "the node is shutting down; resume the watch with from_lsn {cursor}"
+            ))),
+            () = tx.closed() => return,
+        }
+    };
+    let _ = tx.send(connect::end_stream(outcome.err().as_ref())).await;
+}
+
+/// The matching entries of the next committed records after `cursor`, and the LSN read through.
+fn read_step(
+    db: &crate::db::Db,
+    cursor: u64,
+    prefix: &[u8],
+) -> Result<(Vec<Entry>, u64), ConnectError> {
+    let reader = db.read_log(cursor).map_err(|e| match e {
+        DbError::Wal(WalError::Trimmed { requested, oldest }) => trimmed_error(requested, oldest),
+        other => other.into(),
+    })?;
+    let mut entries = Vec::new();
+    let mut last = cursor;
+    let mut record_entries = Vec::new();
+    for record in reader.take(RECORDS_PER_STEP) {
+        let record = record.map_err(DbError::from)?;
+        last = record.lsn;
+        push_entries(&mut record_entries, record);
+        entries.extend(
+            record_entries
+                .drain(..)
+                .filter(|e: &Entry| e.key.starts_with(prefix)),
+        );
+    }
+    Ok((entries, last))
+}
+
+/// A response body fed by a channel: each item is one envelope.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+/// A watch that cannot go on (the log no longer holds `from_lsn`) is an `out_of_range` error.
+fn trimmed_error(requested: u64, oldest: u64) -> ConnectError {
+    ConnectError::new(
+        Code::OutOfRange,
+        format!(
+            "the log no longer holds LSN {requested} (the oldest kept is {oldest}); start a \
+             new watch with from_lsn 0 after reading the current values"
+        ),
+    )
+}
