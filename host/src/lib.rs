@@ -5,7 +5,10 @@
 //! about the in-memory map; `db` is the only place where the two meet.
 
 pub mod api;
+pub mod client;
 pub mod clock;
+pub mod config;
 pub mod db;
+pub mod node;
 pub mod storage;
 pub mod wal;

@@ -7,6 +7,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod demo;
+
 #[derive(Parser)]
 #[command(about = "wasmkv project tasks")]
 struct Cli {
@@ -16,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Show wasmkv working: a scripted tour of the store.
+    /// Show wasmkv working: start a node from config/ and run a scripted tour.
     Demo {
         /// Stop after the tour instead of waiting for Ctrl-C.
         #[arg(long)]
@@ -65,19 +67,7 @@ fn run(step: &str, mut cmd: Command) -> Result<()> {
 }
 
 fn demo(exit: bool) -> Result<()> {
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--quiet",
-        "-p",
-        "wasmkv-examples",
-        "--bin",
-        "embedded",
-    ]);
-    if exit {
-        cmd.arg("--").arg("--exit");
-    }
-    run("demo: the embedded store tour", cmd)
+    demo::demo(exit)
 }
 
 fn test() -> Result<()> {

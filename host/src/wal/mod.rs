@@ -4,8 +4,9 @@
 //! `segment`), each a magic followed by records (see `record` for the byte format). LSNs are
 //! dense and increasing across segments; a gap is corruption. `snap/` beside it holds
 //! snapshots (see `snapshot`). `log` is the writer (group commit, rotation, sync policies,
-//! retention), `recovery` reads the log back at start-up and repairs it on request, and
-//! `reader` serves committed records to readers while the writer appends.
+//! retention), `recovery` reads the log back at start-up, checks it offline (`verify`) and
+//! repairs it on request, and `reader` serves committed records to readers while the writer
+//! appends.
 
 mod error;
 mod log;
@@ -19,8 +20,10 @@ pub use error::{Result, WalError};
 pub use log::{SyncPolicy, Wal, WalOptions, WalStats};
 pub use reader::LogReader;
 pub use record::{Command, DecodeError, Mutation, Record};
-pub use recovery::{RepairReport, repair};
+pub use recovery::{RepairReport, VerifyReport, WalDamage, repair, verify};
 pub use segment::segment_path;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tools_tests;

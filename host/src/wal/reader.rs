@@ -120,3 +120,13 @@ impl Iterator for LogReader {
         item
     }
 }
+
+impl LogReader {
+    /// A reader over the log in `dir` (a WAL directory), for offline tools such as
+    /// `wasmkv wal dump`: no writer is running, so the bound is where `verify` finds the
+    /// intact log ending, not a committed LSN. Returns records with LSN > `after_lsn`; damage
+    /// after the intact prefix is not reported here (see `verify`).
+    pub fn open_dir(dir: &std::path::Path, after_lsn: u64) -> Result<LogReader> {
+        super::recovery::verify(dir)?.reader(after_lsn)
+    }
+}

@@ -1,0 +1,200 @@
+//! The commands that talk to a running node: one call each through `wasmkv::client`, the
+//! answer printed for a person (or, for `status --json`, for a script).
+
+use std::future::Future;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use prost_reflect::{ReflectMessage, SerializeOptions};
+
+use wasmkv::api::proto::StatusResponse;
+use wasmkv::client::{Client, SetOptions};
+
+use super::escape;
+
+/// The node a command talks to and how long it waits for it.
+pub struct Target {
+    pub addr: String,
+    pub timeout: Duration,
+}
+
+impl Target {
+    fn client(&self) -> Result<Client> {
+        Ok(Client::new(&self.addr)?.with_timeout(self.timeout))
+    }
+}
+
+/// Run one call to completion. A command makes a single call, so a single-threaded runtime
+/// is all it needs.
+fn block_on<T>(call: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(call)
+}
+
+fn print(text: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text)
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
+}
+
+pub fn get(target: &Target, key: Vec<u8>) -> Result<ExitCode> {
+    let client = target.client()?;
+    let shown = escape(&key);
+    let resp = block_on(async {
+        client
+            .get(key)
+            .await
+            .with_context(|| format!("get \"{shown}\""))
+    })?;
+    if !resp.found {
+        eprintln!("error: key \"{shown}\" not found");
+        return Ok(ExitCode::from(1));
+    }
+    let mut line = resp.value.to_vec();
+    line.push(b'\n');
+    print(&line)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn set(target: &Target, key: Vec<u8>, value: Vec<u8>, opts: SetOptions) -> Result<ExitCode> {
+    let client = target.client()?;
+    let shown = escape(&key);
+    let lsn = block_on(async {
+        client
+            .set(key, value, opts)
+            .await
+            .with_context(|| format!("set \"{shown}\""))
+    })?;
+    print(format!("{lsn}\n").as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn delete(target: &Target, key: Vec<u8>) -> Result<ExitCode> {
+    let client = target.client()?;
+    let shown = escape(&key);
+    let resp = block_on(async {
+        client
+            .delete(key)
+            .await
+            .with_context(|| format!("delete \"{shown}\""))
+    })?;
+    if resp.found {
+        print(b"deleted\n")?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        print(b"not found\n")?;
+        Ok(ExitCode::from(1))
+    }
+}
+
+pub fn status(target: &Target, json: bool) -> Result<ExitCode> {
+    let client = target.client()?;
+    let resp = block_on(async { client.status().await.context("status") })?;
+    if json {
+        print(&status_json(&resp)?)?;
+    } else {
+        print(status_text(&resp).as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn digest(target: &Target) -> Result<ExitCode> {
+    let client = target.client()?;
+    let resp = block_on(async { client.digest().await.context("digest") })?;
+    let hex: String = resp.digest.iter().map(|b| format!("{b:02x}")).collect();
+    print(format!("digest: {hex}\nlsn: {}\nkeys: {}\n", resp.lsn, resp.keys).as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn snapshot(target: &Target) -> Result<ExitCode> {
+    let client = target.client()?;
+    let resp = block_on(async { client.snapshot().await.context("snapshot") })?;
+    print(format!("lsn: {}\nentries: {}\n", resp.lsn, resp.entries).as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `name: value` lines, named as the proto fields are so they can be grepped and matched
+/// with the JSON; uptime also in words. `failure` only appears when there is one.
+fn status_text(s: &StatusResponse) -> String {
+    let uptime = Duration::from_secs(s.uptime_ms / 1000);
+    let mut lines = vec![
+        format!("role: {}", s.role),
+        format!("version: {}", s.version),
+        format!("uptime: {}", humantime::format_duration(uptime)),
+        format!("lsn: {}", s.lsn),
+        format!("snapshot_lsn: {}", s.snapshot_lsn),
+        format!("replication_id: {}", s.replication_id),
+        format!("keys: {}", s.keys),
+        format!("memory_bytes: {}", s.memory_bytes),
+        format!("wal_bytes: {}", s.wal_bytes),
+        format!("wal_segments: {}", s.wal_segments),
+        format!("disk_free_bytes: {}", s.disk_free_bytes),
+        format!("expired_keys: {}", s.expired_keys),
+        format!("evicted_keys: {}", s.evicted_keys),
+    ];
+    if !s.failure.is_empty() {
+        lines.push(format!("failure: {}", s.failure));
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+/// The proto3 JSON of the status with every field present (a script should not have to know
+/// that zero fields are omitted) under its proto name, numbers as numbers.
+fn status_json(s: &StatusResponse) -> Result<Vec<u8>> {
+    let options = SerializeOptions::new()
+        .skip_default_fields(false)
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(false);
+    let mut out = Vec::new();
+    s.transcode_to_dynamic()
+        .serialize_with_options(&mut serde_json::Serializer::new(&mut out), &options)
+        .context("encoding the status as JSON")?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StatusResponse {
+        StatusResponse {
+            role: "primary".into(),
+            lsn: 42,
+            uptime_ms: 3_723_456,
+            ..StatusResponse::default()
+        }
+    }
+
+    #[test]
+    fn status_text_is_one_named_line_per_field() {
+        let text = status_text(&sample());
+        assert!(text.starts_with("role: primary\n"), "{text}");
+        assert!(text.contains("\nlsn: 42\n"), "{text}");
+        assert!(text.contains("\nuptime: 1h 2m 3s\n"), "{text}");
+        assert!(!text.contains("failure"), "{text}");
+        let failed = StatusResponse {
+            failure: "fsync failed".into(),
+            ..sample()
+        };
+        assert!(status_text(&failed).ends_with("failure: fsync failed\n"));
+    }
+
+    #[test]
+    fn status_json_has_every_field_as_numbers() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&status_json(&sample()).unwrap()).unwrap();
+        assert_eq!(json["role"], "primary");
+        assert_eq!(json["lsn"], 42);
+        assert_eq!(json["evicted_keys"], 0);
+        assert_eq!(json["failure"], "");
+    }
+}

@@ -1,0 +1,662 @@
+//! The Rust client of a wasmkv node, used by the CLI, the tests and the bench.
+//!
+//! It speaks Connect unary over HTTP/1.1 with CBOR bodies: CBOR keeps keys and values as raw
+//! bytes (no base64 as in JSON) and is self-describing (unlike protobuf, a person can decode a
+//! captured body without the schema), and the server maps it field by field onto the same
+//! generated types. Connections are pooled and kept alive, because a unary call is one small
+//! request and reconnecting for each would cost more than the call itself. A `Client` is a
+//! handle on that pool: clone it freely, every clone shares the connections.
+//!
+//! Errors keep the server's Connect code (`ClientError::Rpc`) apart from failures on the way
+//! (unreachable node, deadline, unreadable response), so a caller can tell "the node said no"
+//! from "the node could not be asked".
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::{StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::api::proto::{
+    DeleteRequest, DeleteResponse, DigestRequest, DigestResponse, GetRequest, GetResponse,
+    GetUpdatesRequest, GetUpdatesResponse, MultiGetRequest, MultiGetResponse, Mutation, SetRequest,
+    SetResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, WriteRequest,
+    WriteResponse,
+};
+use crate::api::{Code, Codec, ConnectError, WireMessage};
+
+const KVSTORE: &str = "kvstore.v1.KVStore";
+const ADMIN: &str = "kvstore.v1.Admin";
+/// The Connect protocol version this client speaks (sent so servers can reject a mismatch).
+const PROTOCOL_VERSION: &str = "1";
+/// The Connect spec allows at most 10 digits in `Connect-Timeout-Ms`.
+const MAX_TIMEOUT_MS: u128 = 9_999_999_999;
+/// How much of a non-Connect error body is kept as the message: enough for a proxy's one-line
+/// explanation, not a whole HTML page.
+const MAX_ERROR_TEXT: usize = 512;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a Connect error (its code and message, unchanged).
+    #[error(transparent)]
+    Rpc(#[from] ConnectError),
+    /// No answer could be had: the connection was refused, reset or closed mid-call. The
+    /// `io::Error` carries the underlying kind (e.g. `ConnectionRefused`) and the whole cause.
+    #[error("cannot reach {addr}: {source}")]
+    Transport {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The local deadline (`Client::with_timeout`) passed before the answer arrived. The call
+    /// may still have taken effect on the server.
+    #[error("no answer from {addr} within {}", humantime::format_duration(*after))]
+    Timeout { addr: String, after: Duration },
+    /// The node address (or a call path) is not something this client can send to.
+    #[error("bad address {addr:?}: {reason}")]
+    BadAddress { addr: String, reason: String },
+    /// A 200 response this client cannot read (wrong content type, undecodable body): the
+    /// peer is probably not a wasmkv node, or a newer one with an incompatible change.
+    #[error("unreadable response from {addr}: {reason}")]
+    BadResponse { addr: String, reason: String },
+}
+
+impl ClientError {
+    /// The Connect code of this failure, as any Connect client reports it: the server's code;
+    /// `deadline_exceeded` for the local deadline; `unavailable` when the node cannot be
+    /// reached (retrying may help); `internal` for an unreadable response. None for a bad
+    /// address, where no call was made.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Rpc(e) => Some(e.code),
+            ClientError::Transport { .. } => Some(Code::Unavailable),
+            ClientError::Timeout { .. } => Some(Code::DeadlineExceeded),
+            ClientError::BadResponse { .. } => Some(Code::Internal),
+            ClientError::BadAddress { .. } => None,
+        }
+    }
+}
+
+/// Options of a single `Client::set`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetOptions {
+    /// Expire the key this long after the write; None = never. Sub-millisecond TTLs are
+    /// rounded up to 1 ms, because 0 on the wire means "never expires".
+    pub ttl: Option<Duration>,
+    /// Compare-and-set: the key's current version must be this (0 = the key must not exist).
+    pub if_version: Option<u64>,
+    /// Reply only once this many replicas acknowledged the write.
+    pub min_replicas: u32,
+}
+
+/// A handle on a node: cheap to clone, every clone shares one pool of keep-alive connections.
+#[derive(Clone)]
+pub struct Client {
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    /// `http://host:port` (plus an optional path prefix), without a trailing slash.
+    base: Arc<str>,
+    timeout: Option<Duration>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of the node at `base`, e.g. `http://127.0.0.1:8080` (`127.0.0.1:8080` means
+    /// the same). Nothing is connected until the first call.
+    pub fn new(base: &str) -> Result<Client, ClientError> {
+        let base = normalize_base(base)?;
+        let mut connector = HttpConnector::new();
+        // Calls are small request/response pairs: Nagle's algorithm would only add latency.
+        connector.set_nodelay(true);
+        let http = HttpClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Client {
+            http,
+            base: base.into(),
+            timeout: None,
+        })
+    }
+
+    /// Give every call at most `timeout`: the server is told (`Connect-Timeout-Ms`, so it can
+    /// stop working on a call nobody waits for) and the client stops waiting at the same
+    /// time (so a node that never answers cannot hang the caller).
+    pub fn with_timeout(self, timeout: Duration) -> Client {
+        Client {
+            timeout: Some(timeout),
+            ..self
+        }
+    }
+
+    /// The node this client calls, normalized (`http://host:port`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// One Connect unary call: `path` is `service/Method` (e.g. `kvstore.v1.KVStore/Get`,
+    /// a leading `/` is fine).
+    ///
+    /// Every RPC of this client goes through here, so this is the one place where following
+    /// a replica's `failed_precondition` redirect to its primary belongs: the request is
+    /// encoded once into `Bytes` (cheap to send again) and `send` takes the node to send to
+    /// as an argument.
+    pub async fn call<Req: WireMessage, Resp: WireMessage>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, ClientError> {
+        let body = Bytes::from(Codec::Cbor.encode(req));
+        let path = path.trim_start_matches('/');
+        let answer = self.send(&self.base, path, body).await?;
+        Codec::Cbor
+            .decode(&answer)
+            .map_err(|e| ClientError::BadResponse {
+                addr: self.base.to_string(),
+                reason: e.message,
+            })
+    }
+
+    /// The key's value, version and expiry; `found` is false when it does not exist.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<GetResponse, ClientError> {
+        let req = GetRequest {
+            key: key.into(),
+            min_lsn: 0,
+        };
+        self.call(&format!("{KVSTORE}/Get"), &req).await
+    }
+
+    /// Store `value` under `key`; returns the write's LSN (the key's new version).
+    pub async fn set(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        opts: SetOptions,
+    ) -> Result<u64, ClientError> {
+        let req = SetRequest {
+            key: key.into(),
+            value: value.into(),
+            ttl_ms: opts.ttl.map_or(0, ttl_ms),
+            min_replicas: opts.min_replicas,
+            if_version: opts.if_version,
+        };
+        let resp: SetResponse = self.call(&format!("{KVSTORE}/Set"), &req).await?;
+        Ok(resp.lsn)
+    }
+
+    /// Delete `key`; `found` says whether it existed.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<DeleteResponse, ClientError> {
+        let req = DeleteRequest { key: key.into() };
+        self.call(&format!("{KVSTORE}/Delete"), &req).await
+    }
+
+    /// Several keys in one round trip; the results are in the order of `keys`.
+    pub async fn multi_get(&self, keys: Vec<Bytes>) -> Result<Vec<GetResponse>, ClientError> {
+        let req = MultiGetRequest { keys };
+        let resp: MultiGetResponse = self.call(&format!("{KVSTORE}/MultiGet"), &req).await?;
+        Ok(resp.results)
+    }
+
+    /// Apply sets and deletes atomically (one WAL record); returns its LSN.
+    pub async fn write(&self, mutations: Vec<Mutation>) -> Result<u64, ClientError> {
+        let req = WriteRequest {
+            mutations,
+            min_replicas: 0,
+        };
+        let resp: WriteResponse = self.call(&format!("{KVSTORE}/Write"), &req).await?;
+        Ok(resp.lsn)
+    }
+
+    /// Up to `limit` log entries after `since_lsn` (the pull side of replication).
+    pub async fn get_updates(
+        &self,
+        since_lsn: u64,
+        limit: u32,
+    ) -> Result<GetUpdatesResponse, ClientError> {
+        let req = GetUpdatesRequest { since_lsn, limit };
+        self.call(&format!("{KVSTORE}/GetUpdates"), &req).await
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.call(&format!("{ADMIN}/Status"), &StatusRequest {})
+            .await
+    }
+
+    /// A digest of the whole data set, to compare nodes.
+    pub async fn digest(&self) -> Result<DigestResponse, ClientError> {
+        self.call(&format!("{ADMIN}/Digest"), &DigestRequest {})
+            .await
+    }
+
+    /// Ask the node to write a snapshot now.
+    pub async fn snapshot(&self) -> Result<SnapshotResponse, ClientError> {
+        self.call(&format!("{ADMIN}/Snapshot"), &SnapshotRequest {})
+            .await
+    }
+
+    /// POST `body` to `{base}/{path}` and return the body of a 200 answer; any other answer is
+    /// turned into the Connect error it carries.
+    async fn send(&self, base: &str, path: &str, body: Bytes) -> Result<Bytes, ClientError> {
+        let url = format!("{base}/{path}");
+        let mut request = http::Request::post(&url)
+            .header(CONTENT_TYPE, Codec::Cbor.unary_content_type())
+            .header("connect-protocol-version", PROTOCOL_VERSION)
+            .header(
+                USER_AGENT,
+                concat!("wasmkv-client/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(timeout) = self.timeout {
+            let ms = timeout.as_millis().clamp(1, MAX_TIMEOUT_MS);
+            request = request.header("connect-timeout-ms", ms.to_string());
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| ClientError::BadAddress {
+                addr: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| transport(base, &e))?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| transport(base, &e))?
+                .to_bytes();
+            Ok::<_, ClientError>((parts, body))
+        };
+        let (parts, body) = match self.timeout {
+            Some(after) => tokio::time::timeout(after, exchange).await.map_err(|_| {
+                ClientError::Timeout {
+                    addr: base.to_owned(),
+                    after,
+                }
+            })??,
+            None => exchange.await?,
+        };
+        if parts.status != StatusCode::OK {
+            return Err(ClientError::Rpc(error_from_response(parts.status, &body)));
+        }
+        let content_type = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if Codec::from_unary_content_type(content_type) != Some(Codec::Cbor) {
+            return Err(ClientError::BadResponse {
+                addr: base.to_owned(),
+                reason: format!(
+                    "expected Content-Type {}, got {content_type:?}",
+                    Codec::Cbor.unary_content_type()
+                ),
+            });
+        }
+        Ok(body)
+    }
+}
+
+/// The wire TTL of a `SetOptions::ttl`.
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// `http://host:port[/prefix]` without a trailing slash, from what a person types.
+fn normalize_base(input: &str) -> Result<String, ClientError> {
+    let bad = |reason: &str| ClientError::BadAddress {
+        addr: input.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let trimmed = input.trim();
+    let with_scheme = if trimmed.contains("://") {
+        trimmed.to_owned()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let uri: Uri = with_scheme
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(bad(
+                "https is not supported by this client yet; use http://",
+            ));
+        }
+        _ => return Err(bad("only http:// addresses are supported")),
+    }
+    let authority = match uri.authority() {
+        Some(a) if !a.host().is_empty() => a,
+        _ => return Err(bad("no host")),
+    };
+    if uri.query().is_some() {
+        return Err(bad("a node address takes no query string"));
+    }
+    let prefix = uri.path().trim_end_matches('/');
+    Ok(format!("http://{authority}{prefix}"))
+}
+
+/// The Connect error a non-200 answer carries: its JSON error body when it has one, else
+/// (a proxy, a load balancer, a server that is not Connect) a code derived from the HTTP
+/// status as the Connect protocol prescribes, with the body text as the message.
+fn error_from_response(status: StatusCode, body: &[u8]) -> ConnectError {
+    if let Some(e) = ConnectError::from_json(body) {
+        return e;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let message = if text.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        let mut end = text.len().min(MAX_ERROR_TEXT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_owned()
+    };
+    ConnectError::new(code_for_http_status(status), message)
+}
+
+/// The Connect protocol's mapping of an HTTP status without a Connect error body to a code.
+fn code_for_http_status(status: StatusCode) -> Code {
+    match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+/// A transport failure as an `io::Error` whose message is the whole cause, without the
+/// pooling layer's wrapper (it only names the stage, e.g. "client error (Connect)") and
+/// without repeats, and whose kind is that of the underlying I/O error when there is one.
+fn transport(addr: &str, err: &(dyn StdError + 'static)) -> ClientError {
+    let mut kind = io::ErrorKind::Other;
+    let mut text = String::new();
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        cause = e.source();
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            kind = io.kind();
+        }
+        let wrapper = e
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some();
+        let message = e.to_string();
+        if (wrapper && cause.is_some()) || text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    ClientError::Transport {
+        addr: addr.to_owned(),
+        source: io::Error::new(kind, text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::Response;
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn http_statuses_map_to_connect_codes() {
+        let cases = [
+            (400, Code::Internal),
+            (401, Code::Unauthenticated),
+            (403, Code::PermissionDenied),
+            (404, Code::Unimplemented),
+            (429, Code::Unavailable),
+            (502, Code::Unavailable),
+            (503, Code::Unavailable),
+            (504, Code::Unavailable),
+            (500, Code::Unknown),
+            (418, Code::Unknown),
+            (302, Code::Unknown),
+        ];
+        for (status, code) in cases {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(code_for_http_status(status), code, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_connect_error_body_wins_over_the_status() {
+        let body = ConnectError::new(Code::FailedPrecondition, "read-only replica").to_json();
+        let e = error_from_response(StatusCode::BAD_REQUEST, &body);
+        assert_eq!(e.code, Code::FailedPrecondition);
+        assert_eq!(e.message, "read-only replica");
+    }
+
+    #[test]
+    fn other_bodies_keep_their_text_under_the_status_code() {
+        let e = error_from_response(StatusCode::BAD_GATEWAY, b"  upstream went away\n");
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (Code::Unavailable, "upstream went away")
+        );
+        // JSON that is not a Connect error (an unknown code) is just text.
+        let e = error_from_response(StatusCode::NOT_FOUND, br#"{"code":"teapot"}"#);
+        assert_eq!(e.code, Code::Unimplemented);
+        assert_eq!(e.message, r#"{"code":"teapot"}"#);
+        // No body: the status is the message.
+        let e = error_from_response(StatusCode::SERVICE_UNAVAILABLE, b"");
+        assert_eq!(e.code, Code::Unavailable);
+        assert_eq!(e.message, "HTTP 503 Service Unavailable");
+        // A whole HTML page is cut, on a character boundary.
+        let page = "é".repeat(1000);
+        let e = error_from_response(StatusCode::INTERNAL_SERVER_ERROR, page.as_bytes());
+        assert_eq!(e.code, Code::Unknown);
+        assert!(e.message.len() <= MAX_ERROR_TEXT && !e.message.is_empty());
+        let e = error_from_response(StatusCode::UNAUTHORIZED, b"\xff\xfe");
+        assert_eq!(e.code, Code::Unauthenticated);
+    }
+
+    #[test]
+    fn addresses_are_normalized_or_refused() {
+        let ok = [
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+            (" localhost:1/ ", "http://localhost:1"),
+            ("http://[::1]:8080/", "http://[::1]:8080"),
+            ("http://node:80/kv/", "http://node:80/kv"),
+        ];
+        for (input, want) in ok {
+            assert_eq!(Client::new(input).unwrap().base(), want, "{input}");
+        }
+        for input in [
+            "https://x:1",
+            "ftp://x:1",
+            "http://",
+            "",
+            "http://x:1/?a=b",
+            "x y",
+        ] {
+            let err = Client::new(input).unwrap_err();
+            assert!(
+                matches!(err, ClientError::BadAddress { .. }),
+                "{input}: {err}"
+            );
+            assert_eq!(err.code(), None);
+        }
+    }
+
+    #[test]
+    fn ttls_never_round_to_never() {
+        assert_eq!(ttl_ms(Duration::from_micros(10)), 1);
+        assert_eq!(ttl_ms(Duration::ZERO), 1);
+        assert_eq!(ttl_ms(Duration::from_secs(10)), 10_000);
+    }
+
+    /// A free local port with nothing listening on it.
+    async fn closed_port() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_is_unavailable_with_the_io_kind() {
+        let addr = closed_port().await;
+        let err = Client::new(&addr).unwrap().status().await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
+        let ClientError::Transport { source, .. } = &err else {
+            panic!("expected a transport error, got {err:?}");
+        };
+        assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("cannot reach http://{addr}: ")),
+            "{message}"
+        );
+        assert!(!message.contains("client error ("), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_hits_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // Accept and hold connections without ever answering.
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let client = Client::new(&addr)
+            .unwrap()
+            .with_timeout(Duration::from_millis(100));
+        let err = client.get("k").await.unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        assert_eq!(err.code(), Some(Code::DeadlineExceeded));
+        assert!(err.to_string().contains("within 100ms"), "{err}");
+        holder.abort();
+    }
+
+    /// A stand-in server: checks what a Connect unary request must carry, answers Get with a
+    /// CBOR GetResponse echoing the key, Set with a plain-text 503, anything else with a
+    /// Connect error. Counts connections, to show that calls reuse one.
+    async fn fake_node() -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = service_fn(|req: http::Request<Incoming>| async move {
+                        Ok::<_, Infallible>(answer(req).await)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    async fn answer(req: http::Request<Incoming>) -> Response<Full<Bytes>> {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(req.method(), http::Method::POST);
+        assert_eq!(header("content-type").as_deref(), Some("application/cbor"));
+        assert_eq!(header("connect-protocol-version").as_deref(), Some("1"));
+        assert_eq!(header("connect-timeout-ms").as_deref(), Some("5000"));
+        let path = req.uri().path().to_owned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let reply = |status: u16, content_type: &str, body: Vec<u8>| {
+            Response::builder()
+                .status(status)
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
+        };
+        match path.as_str() {
+            "/kvstore.v1.KVStore/Get" => {
+                let get: GetRequest = Codec::Cbor.decode(&body).unwrap();
+                let resp = GetResponse {
+                    found: true,
+                    value: get.key,
+                    version: 7,
+                    expires_at_ms: 0,
+                };
+                reply(200, "application/cbor", Codec::Cbor.encode(&resp))
+            }
+            "/kvstore.v1.KVStore/Set" => reply(503, "text/plain", b"draining".to_vec()),
+            "/kvstore.v1.Admin/Status" => reply(200, "application/json", b"{}".to_vec()),
+            _ => {
+                let e = ConnectError::new(Code::Unimplemented, format!("no route {path}"));
+                reply(501, "application/json", e.to_json())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_carry_the_connect_headers_and_share_a_connection() {
+        let (addr, connections) = fake_node().await;
+        let client = Client::new(&addr)
+            .unwrap()
+            .with_timeout(Duration::from_secs(5));
+        for i in 0..3 {
+            let key = format!("key-{i}");
+            let got = client.clone().get(key.clone()).await.unwrap();
+            assert!(got.found);
+            assert_eq!((got.value.as_ref(), got.version), (key.as_bytes(), 7));
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "keep-alive reused");
+
+        let err = client
+            .set("k", "v", SetOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(Code::Unavailable));
+        assert_eq!(err.to_string(), "unavailable: draining");
+
+        let err = client.digest().await.unwrap_err();
+        assert!(matches!(&err, ClientError::Rpc(e) if e.code == Code::Unimplemented));
+        assert!(
+            err.to_string().contains("/kvstore.v1.Admin/Digest"),
+            "{err}"
+        );
+
+        let err = client.status().await.unwrap_err();
+        assert!(matches!(err, ClientError::BadResponse { .. }), "{err}");
+        assert_eq!(err.code(), Some(Code::Internal));
+    }
+}

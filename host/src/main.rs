@@ -1,0 +1,262 @@
+//! The `wasmkv` binary: runs a node (`serve`), talks to one (`get`, `set`, `del`, `status`,
+//! `digest`, `snapshot`), and inspects or repairs a stopped node's write-ahead log (`wal
+//! verify`, `wal dump`, `repair`). One binary, so an operator has one thing to install and the
+//! offline tools always understand the WAL format of the node they came with.
+//!
+//! This file is the command line's shape (clap) and the process's edges: logging, exit
+//! status, signals. What each command does lives in `cli/`.
+
+mod cli;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+use cli::remote::Target;
+
+const EXIT_STATUS: &str = "Exit status: 0 success, 1 key not found or WAL damaged, 2 any other \
+                           error (the reason is printed on stderr as `error: ...`).";
+
+#[derive(Parser)]
+#[command(
+    name = "wasmkv",
+    version,
+    about = "A replicated key-value store node, its client, and tools for its write-ahead log",
+    after_help = EXIT_STATUS
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node until SIGINT or SIGTERM (no config: a primary on 127.0.0.1:8080 with ./data)
+    Serve {
+        /// YAML configuration file
+        #[arg(long, short, env = "WASMKV_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print the value of KEY: its raw bytes, then a newline
+    Get {
+        /// The key (any bytes the shell can pass)
+        key: OsString,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Store VALUE under KEY and print the write's LSN (the key's new version)
+    Set {
+        /// The key (any bytes the shell can pass)
+        key: OsString,
+        /// The value, stored as these bytes (it may start with `-`)
+        #[arg(allow_hyphen_values = true)]
+        value: OsString,
+        /// Expire the key after this long (e.g. 10s, 5m, 1h 30m)
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        ttl: Option<Duration>,
+        /// Compare-and-set: write only if the key's version is N (0: only if it does not exist)
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
+        /// Reply only once this many replicas acknowledged the write
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        min_replicas: u32,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Delete KEY; prints `deleted`, or `not found` (exit status 1)
+    #[command(visible_alias = "delete")]
+    Del {
+        /// The key (any bytes the shell can pass)
+        key: OsString,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Show a node's role, LSN, size and health
+    Status {
+        /// Print the status as one JSON object (every field, proto field names)
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Print a digest of the node's data, its LSN and key count (equal digests: equal data)
+    Digest {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Make the node write a snapshot now; prints its LSN and entry count
+    Snapshot {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Inspect the write-ahead log of a data directory (offline: changes nothing)
+    #[command(subcommand)]
+    Wal(WalCommand),
+    /// Cut a damaged WAL at its first damage so the node can start again
+    ///
+    /// Everything from the damage on is lost (`wal verify` tells how much first). Refuses
+    /// while a node holds the data directory.
+    Repair {
+        /// The data directory (the WAL is DIR/wal), or the WAL directory itself
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalCommand {
+    /// Check every record of every segment, as start-up would, without cutting anything
+    Verify {
+        /// The data directory (the WAL is DIR/wal), or the WAL directory itself
+        dir: PathBuf,
+    },
+    /// Print the intact records, one line per change (a batch gives one line per mutation)
+    Dump {
+        /// The data directory (the WAL is DIR/wal), or the WAL directory itself
+        dir: PathBuf,
+        /// Start at this LSN (default: the oldest record kept)
+        #[arg(long, value_name = "LSN")]
+        from: Option<u64>,
+        /// Print at most N records
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Print values (escaped) instead of their lengths
+        #[arg(long)]
+        values: bool,
+    },
+}
+
+/// Which node a client command talks to, and how long it waits.
+#[derive(Args)]
+struct NodeArgs {
+    /// The node's address
+    #[arg(
+        long,
+        env = "WASMKV_ADDR",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    addr: String,
+    /// Give up after this long (e.g. 2s, 500ms); the node is told too, so it can stop early
+    #[arg(
+        long,
+        value_parser = humantime::parse_duration,
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    timeout: Duration,
+}
+
+impl From<NodeArgs> for Target {
+    fn from(args: NodeArgs) -> Self {
+        Target {
+            addr: args.addr,
+            timeout: args.timeout,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", cli::error_line(&err));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    use std::os::unix::ffi::OsStringExt;
+    if let Command::Serve { config } = command {
+        return serve(config.as_deref());
+    }
+    // The other commands only log what goes wrong inside the library (e.g. a WAL warning).
+    init_tracing("warn")?;
+    match command {
+        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Get { key, node } => cli::remote::get(&node.into(), key.into_vec()),
+        Command::Set {
+            key,
+            value,
+            ttl,
+            if_version,
+            min_replicas,
+            node,
+        } => {
+            let opts = wasmkv::client::SetOptions {
+                ttl,
+                if_version,
+                min_replicas,
+            };
+            cli::remote::set(&node.into(), key.into_vec(), value.into_vec(), opts)
+        }
+        Command::Del { key, node } => cli::remote::delete(&node.into(), key.into_vec()),
+        Command::Status { json, node } => cli::remote::status(&node.into(), json),
+        Command::Digest { node } => cli::remote::digest(&node.into()),
+        Command::Snapshot { node } => cli::remote::snapshot(&node.into()),
+        Command::Wal(WalCommand::Verify { dir }) => cli::offline::verify(&dir),
+        Command::Wal(WalCommand::Dump {
+            dir,
+            from,
+            limit,
+            values,
+        }) => cli::offline::dump(&dir, from, limit, values),
+        Command::Repair { dir } => cli::offline::repair(&dir),
+    }
+}
+
+/// Log to stderr: `RUST_LOG` when set (a developer's override), else `default`.
+fn init_tracing(default: &str) -> Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec)
+            .with_context(|| format!("RUST_LOG={spec:?} is not a valid log filter"))?,
+        _ => EnvFilter::try_new(default)
+            .with_context(|| format!("log level {default:?} is not a valid log filter"))?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only help a person at a terminal; in a log file they are noise.
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init()
+        .map_err(|e| anyhow!("cannot set up logging: {e}"))
+}
+
+fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
+    let config = wasmkv::config::Config::load(config_path).context("loading the configuration")?;
+    init_tracing(&config.log.level).context("the log.level setting")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        // Installed before the node starts, so a signal during start-up is not the default
+        // action (killing the process mid-recovery) but a clean stop once it is up.
+        let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let node = wasmkv::node::Node::start(config)
+            .await
+            .context("starting the node")?;
+        tracing::info!("wasmkv listening on http://{}", node.local_addr());
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "shutting down");
+        // A second signal means the operator will not wait for a clean stop.
+        tokio::select! {
+            stopped = node.shutdown() => stopped.context("shutting down")?,
+            _ = interrupt.recv() => bail!("interrupted again while shutting down; stopped at once"),
+            _ = terminate.recv() => bail!("terminated again while shutting down; stopped at once"),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,232 @@
+//! `cargo xtask demo`: build wasmkv, start a primary from `config/primary.yaml` in a fresh data
+//! directory, and walk through a scripted tour that prints each step and its result — the
+//! CLI, Connect JSON over plain HTTP, the curl routes, a restart that keeps the data.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, root, run};
+
+/// A node started by the demo; stopped with SIGTERM (graceful) when dropped.
+struct RunningNode {
+    child: Child,
+}
+
+impl RunningNode {
+    fn start(wasmkv: &Path, config: &Path, data: &Path, port: u16) -> Result<RunningNode> {
+        let child = Command::new(wasmkv)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("WASMKV_DATA_DIR", data)
+            .env("WASMKV_SERVER__PORT", port.to_string())
+            .env("WASMKV_LOG__LEVEL", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start wasmkv serve")?;
+        let mut node = RunningNode { child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http(port, "GET", "/readyz", None, &[]) {
+                return Ok(node);
+            }
+            if let Some(status) = node.child.try_wait()? {
+                bail!("wasmkv serve exited during start-up ({status})");
+            }
+            if Instant::now() > deadline {
+                bail!("wasmkv did not become ready within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        // SIGTERM: the node finishes in-flight requests, fsyncs and releases its lock.
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("send SIGTERM")?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("wasmkv exited with {status} on SIGTERM");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.stop();
+        }
+    }
+}
+
+pub fn demo(exit: bool) -> Result<()> {
+    let mut build = cargo();
+    build.args(["build", "--quiet", "-p", "wasmkv", "--bin", "wasmkv"]);
+    run("build wasmkv", build)?;
+    let wasmkv = target_dir().join("debug/wasmkv");
+    let data = tempfile::tempdir().context("temp dir")?;
+    let data_dir = data.path().join("primary");
+    let config = root().join("config/primary.yaml");
+    let port = if exit { free_port()? } else { 8080 };
+    let addr = format!("http://127.0.0.1:{port}");
+
+    step(&format!(
+        "start a primary: wasmkv serve --config config/primary.yaml (data in {}, port {port})",
+        data_dir.display()
+    ));
+    let mut node = RunningNode::start(&wasmkv, &config, &data_dir, port)?;
+    println!("    ready: GET /readyz -> 200");
+
+    let cli = |args: &[&str]| -> Result<String> {
+        let out = Command::new(&wasmkv)
+            .env("WASMKV_ADDR", &addr)
+            .args(args)
+            .output()
+            .with_context(|| format!("run wasmkv {}", args.join(" ")))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.contains(' ') {
+                    format!("{a:?}")
+                } else {
+                    (*a).to_owned()
+                }
+            })
+            .collect();
+        println!("    $ wasmkv {}\n{}", shown.join(" "), indent(&text));
+        Ok(text)
+    };
+
+    step("set and get with the CLI");
+    cli(&["set", "greeting", "hello, wasmkv"])?;
+    cli(&["get", "greeting"])?;
+    cli(&["set", "session:42", "token", "--ttl", "2s"])?;
+
+    step("the same store over Connect with a JSON body (what curl would send)");
+    let body = br#"{"key":"Z3JlZXRpbmc="}"#;
+    println!(
+        "    POST /kvstore.v1.KVStore/Get  Content-Type: application/json  {}",
+        String::from_utf8_lossy(body)
+    );
+    let (status, reply) = http(
+        port,
+        "POST",
+        "/kvstore.v1.KVStore/Get",
+        Some(body),
+        &[("Content-Type", "application/json")],
+    )?;
+    println!("    -> {status} {reply}");
+
+    step("the curl routes: PUT/GET /v1/kv/{key}");
+    let (status, reply) = http(port, "PUT", "/v1/kv/color", Some(b"blue"), &[])?;
+    println!("    PUT /v1/kv/color 'blue' -> {status} {reply}");
+    let (status, reply) = http(port, "GET", "/v1/kv/color", None, &[])?;
+    println!("    GET /v1/kv/color -> {status} {reply}");
+
+    step("a bad request gets a clear Connect error");
+    let (status, reply) = http(
+        port,
+        "POST",
+        "/kvstore.v1.KVStore/Set",
+        Some(b"{\"value\":\"eA==\"}"),
+        &[("Content-Type", "application/json")],
+    )?;
+    println!("    Set without a key -> {status} {reply}");
+
+    step("status");
+    cli(&["status"])?;
+
+    step("restart the node (SIGTERM, then start again): the data survives");
+    node.stop()?;
+    let mut node = RunningNode::start(&wasmkv, &config, &data_dir, port)?;
+    let got = cli(&["get", "greeting"])?;
+    if !got.contains("hello, wasmkv") {
+        bail!("the value did not survive the restart: {got}");
+    }
+    cli(&["digest"])?;
+
+    if exit {
+        node.stop()?;
+        println!("\nThe tour is done.");
+    } else {
+        println!(
+            "\nThe tour is done; the primary keeps serving on {addr} (try `cargo run -p wasmkv \
+             -- get greeting` or curl {addr}/v1/kv/color). Ctrl-C to stop."
+        );
+        node.child.wait()?;
+    }
+    Ok(())
+}
+
+fn step(what: &str) {
+    println!("\n--> {what}");
+}
+
+fn indent(text: &str) -> String {
+    text.trim_end()
+        .lines()
+        .map(|l| format!("      {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A minimal HTTP/1.1 exchange (one request per connection), so the demo shows the raw wire
+/// without needing curl on the machine.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or_default();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP response")?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Ok((status, body))
+}
