@@ -17,7 +17,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, USER_AGENT};
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -25,11 +25,12 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::api::connect::{END_STREAM_FLAG, envelope};
 use crate::api::proto::{
     DeleteRequest, DeleteResponse, DigestRequest, DigestResponse, GetRequest, GetResponse,
     GetUpdatesRequest, GetUpdatesResponse, MultiGetRequest, MultiGetResponse, Mutation, SetRequest,
-    SetResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, WriteRequest,
-    WriteResponse,
+    SetResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, WatchRequest,
+    WatchResponse, WriteRequest, WriteResponse,
 };
 use crate::api::{Code, Codec, ConnectError, WireMessage};
 
@@ -251,25 +252,85 @@ impl Client {
 
     /// POST `body` to `{base}/{path}` and return the body of a 200 answer; any other answer is
     /// turned into the Connect error it carries.
-    async fn send(&self, base: &str, path: &str, body: Bytes) -> Result<Bytes, ClientError> {
+    /// A Connect POST of `body` to `base/path` with the protocol's headers.
+    fn request(
+        &self,
+        base: &str,
+        path: &str,
+        content_type: &'static str,
+        timeout: Option<Duration>,
+        body: Bytes,
+    ) -> Result<http::Request<Full<Bytes>>, ClientError> {
         let url = format!("{base}/{path}");
         let mut request = http::Request::post(&url)
-            .header(CONTENT_TYPE, Codec::Cbor.unary_content_type())
+            .header(CONTENT_TYPE, content_type)
             .header("connect-protocol-version", PROTOCOL_VERSION)
             .header(
                 USER_AGENT,
                 concat!("wasmkv-client/", env!("CARGO_PKG_VERSION")),
             );
-        if let Some(timeout) = self.timeout {
+        if let Some(timeout) = timeout {
             let ms = timeout.as_millis().clamp(1, MAX_TIMEOUT_MS);
             request = request.header("connect-timeout-ms", ms.to_string());
         }
-        let request = request
+        request
             .body(Full::new(body))
             .map_err(|e| ClientError::BadAddress {
-                addr: url.clone(),
+                addr: url,
                 reason: e.to_string(),
-            })?;
+            })
+    }
+
+    /// Follow the changes to keys under `prefix` as they commit, after replaying those after
+    /// `from_lsn` (0 = only new changes). The stream has no deadline: it lasts until the node
+    /// ends it or the `WatchStream` is dropped.
+    pub async fn watch(
+        &self,
+        prefix: impl Into<Bytes>,
+        from_lsn: u64,
+    ) -> Result<WatchStream, ClientError> {
+        let req = WatchRequest {
+            prefix: prefix.into(),
+            from_lsn,
+        };
+        let body = envelope(0, &Codec::Cbor.encode(&req));
+        let request = self.request(
+            &self.base,
+            &format!("{KVSTORE}/Watch"),
+            Codec::Cbor.stream_content_type(),
+            None,
+            body,
+        )?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| transport(&self.base, &e))?;
+        let (parts, body) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| transport(&self.base, &e))?
+                .to_bytes();
+            return Err(ClientError::Rpc(error_from_response(parts.status, &body)));
+        }
+        Ok(WatchStream {
+            body,
+            buf: BytesMut::new(),
+            addr: self.base.to_string(),
+            done: false,
+        })
+    }
+
+    async fn send(&self, base: &str, path: &str, body: Bytes) -> Result<Bytes, ClientError> {
+        let request = self.request(
+            base,
+            path,
+            Codec::Cbor.unary_content_type(),
+            self.timeout,
+            body,
+        )?;
         let exchange = async {
             let response = self
                 .http
@@ -312,6 +373,77 @@ impl Client {
         }
         Ok(body)
     }
+}
+
+/// The responses of a `Client::watch`, read envelope by envelope as they arrive.
+pub struct WatchStream {
+    body: hyper::body::Incoming,
+    buf: BytesMut,
+    addr: String,
+    done: bool,
+}
+
+impl WatchStream {
+    /// The next batch of changes (or heartbeat); None once the node ended the stream cleanly.
+    pub async fn next(&mut self) -> Option<Result<WatchResponse, ClientError>> {
+        let bad = |addr: &str, reason: String| ClientError::BadResponse {
+            addr: addr.to_owned(),
+            reason,
+        };
+        loop {
+            if self.done {
+                return None;
+            }
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes")) as usize;
+                if self.buf.len() >= 5 + len {
+                    let frame = self.buf.split_to(5 + len);
+                    let (flags, data) = (frame[0], &frame[5..]);
+                    if flags & END_STREAM_FLAG == 0 {
+                        return Some(
+                            Codec::Cbor
+                                .decode(data)
+                                .map_err(|e| bad(&self.addr, e.message)),
+                        );
+                    }
+                    self.done = true;
+                    return end_of_stream(data).map(|e| Err(ClientError::Rpc(e)));
+                }
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(transport(&self.addr, &e)));
+                }
+                None => {
+                    self.done = true;
+                    return Some(Err(bad(
+                        &self.addr,
+                        "the stream ended without an end-of-stream message".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// The error an end-of-stream message carries, if any.
+fn end_of_stream(data: &[u8]) -> Option<ConnectError> {
+    #[derive(serde::Deserialize)]
+    struct EndOfStream {
+        error: Option<serde_json::Value>,
+    }
+    let end: EndOfStream = serde_json::from_slice(data).ok()?;
+    let error = end.error?;
+    Some(
+        ConnectError::from_json(error.to_string().as_bytes())
+            .unwrap_or_else(|| ConnectError::new(Code::Unknown, error.to_string())),
+    )
 }
 
 /// The wire TTL of a `SetOptions::ttl`.

@@ -1,5 +1,5 @@
 //! The `wasmkv` binary: runs a node (`serve`), talks to one (`get`, `set`, `del`, `status`,
-//! `digest`, `snapshot`), and inspects or repairs a stopped node's write-ahead log (`wal
+//! `digest`, `snapshot`, `watch`), and inspects or repairs a stopped node's write-ahead log (`wal
 //! verify`, `wal dump`, `repair`). One binary, so an operator has one thing to install and the
 //! offline tools always understand the WAL format of the node they came with.
 //!
@@ -93,6 +93,17 @@ enum Command {
     },
     /// Make the node write a snapshot now; prints its LSN and entry count
     Snapshot {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Print changes to keys under PREFIX as they commit, one line each, until Ctrl-C
+    Watch {
+        /// Only keys starting with these bytes (default: every key)
+        #[arg(default_value = "")]
+        prefix: OsString,
+        /// First replay the changes after this LSN (default: only new changes)
+        #[arg(long, default_value_t = 0)]
+        from: u64,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -202,6 +213,9 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Status { json, node } => cli::remote::status(&node.into(), json),
         Command::Digest { node } => cli::remote::digest(&node.into()),
         Command::Snapshot { node } => cli::remote::snapshot(&node.into()),
+        Command::Watch { prefix, from, node } => {
+            cli::remote::watch(&node.into(), prefix.into_vec(), from)
+        }
         Command::Wal(WalCommand::Verify { dir }) => cli::offline::verify(&dir),
         Command::Wal(WalCommand::Dump {
             dir,

@@ -71,6 +71,7 @@ fn demo(exit: bool) -> Result<()> {
 }
 
 fn test() -> Result<()> {
+    install_test_tools()?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run("cargo fmt --check", fmt)?;
@@ -88,6 +89,28 @@ fn test() -> Result<()> {
     tests.args(["test", "--workspace"]);
     run("cargo test --workspace", tests)?;
     demo(true)
+}
+
+/// What the suite needs beyond Rust: `cbor2` for the Python example. (The Connect-ES client's
+/// npm packages are installed by its test, from the committed lock file.)
+fn install_test_tools() -> Result<()> {
+    let has_cbor2 = Command::new("python3")
+        .args(["-c", "import cbor2"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_cbor2 {
+        let mut pip = Command::new("python3");
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "cbor2",
+        ]);
+        run("install cbor2 (Python) for the Python example", pip)?;
+    }
+    Ok(())
 }
 
 fn bench(quick: bool) -> Result<()> {

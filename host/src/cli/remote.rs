@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use prost_reflect::{ReflectMessage, SerializeOptions};
 
-use wasmkv::api::proto::StatusResponse;
+use wasmkv::api::proto::{Entry, Op, StatusResponse};
 use wasmkv::client::{Client, SetOptions};
 
 use super::escape;
@@ -117,6 +117,38 @@ pub fn snapshot(target: &Target) -> Result<ExitCode> {
     let resp = block_on(async { client.snapshot().await.context("snapshot") })?;
     print(format!("lsn: {}\nentries: {}\n", resp.lsn, resp.entries).as_bytes())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stream changes until the node ends the watch (or the user interrupts it): one line per
+/// change, `lsn=N set KEY (LEN bytes)` or `lsn=N delete KEY`.
+pub fn watch(target: &Target, prefix: Vec<u8>, from_lsn: u64) -> Result<ExitCode> {
+    let client = target.client()?;
+    block_on(async {
+        let mut stream = client.watch(prefix, from_lsn).await.context("watch")?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.context("watch")?;
+            let mut lines = String::new();
+            for entry in &batch.entries {
+                lines.push_str(&entry_line(entry));
+                lines.push('\n');
+            }
+            print(lines.as_bytes())?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn entry_line(entry: &Entry) -> String {
+    if entry.op == Op::Set as i32 {
+        format!(
+            "lsn={} set \"{}\" ({} bytes)",
+            entry.lsn,
+            escape(&entry.key),
+            entry.value.len()
+        )
+    } else {
+        format!("lsn={} delete \"{}\"", entry.lsn, escape(&entry.key))
+    }
 }
 
 /// `name: value` lines, named as the proto fields are so they can be grepped and matched
