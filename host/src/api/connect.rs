@@ -87,7 +87,8 @@ pub fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, ConnectError> {
         .map(|ms| Some(Duration::from_millis(ms)))
         .ok_or_else(|| {
             ConnectError::invalid_argument(format!(
-                "Connect-Timeout-Ms must be a positive integer of at most 10 digits, got {value:?}"
+                "Connect-Timeout-Ms must be a whole number of milliseconds (at most 10 digits), \
+                 got {value:?}"
             ))
         })
 }

@@ -61,6 +61,7 @@ fn item_response(item: Option<Item>) -> GetResponse {
 pub async fn set(state: &Arc<ApiState>, req: SetRequest) -> Result<SetResponse, ConnectError> {
     state.limits.check_key(&req.key)?;
     state.limits.check_value(&req.value)?;
+    check_ttl(req.ttl_ms)?;
     refuse_min_replicas(req.min_replicas)?;
     let opts = SetOptions {
         expires_at_ms: expiry(req.ttl_ms),
@@ -114,6 +115,7 @@ fn to_mutation(state: &ApiState, m: Mutation) -> Result<wal::Mutation, ConnectEr
     match Op::try_from(m.op) {
         Ok(Op::Set) => {
             state.limits.check_value(&m.value)?;
+            check_ttl(m.ttl_ms)?;
             Ok(wal::Mutation::Set {
                 key: m.key,
                 value: m.value,
@@ -142,12 +144,22 @@ fn refuse_min_replicas(min_replicas: u32) -> Result<(), ConnectError> {
     ))
 }
 
-fn expiry(ttl_ms: u64) -> u64 {
-    if ttl_ms == 0 {
-        0
-    } else {
-        now_ms().saturating_add(ttl_ms)
+/// The longest TTL accepted: about 100 years, far inside the wire's signed 64-bit expiry.
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+fn check_ttl(ttl_ms: u64) -> Result<(), ConnectError> {
+    if ttl_ms > MAX_TTL_MS {
+        return Err(ConnectError::invalid_argument(format!(
+            "ttl_ms {ttl_ms} is too large: the limit is {MAX_TTL_MS} (about 100 years); use 0 \
+             for a key that never expires"
+        )));
     }
+    Ok(())
+}
+
+/// The absolute expiry of a TTL (0 = never); the TTL was checked by `check_ttl`.
+fn expiry(ttl_ms: u64) -> u64 {
+    if ttl_ms == 0 { 0 } else { now_ms() + ttl_ms }
 }
 
 pub async fn get_updates(
@@ -164,14 +176,24 @@ pub async fn get_updates(
             let reader = match db.read_log(since) {
                 Ok(reader) => reader,
                 Err(DbError::Wal(WalError::Trimmed { .. })) => {
-                    return Ok(GetUpdatesResponse {
+                    return Ok(Ok(GetUpdatesResponse {
                         entries: Vec::new(),
                         last_lsn: since,
                         snapshot_required: true,
-                    });
+                    }));
                 }
                 Err(e) => return Err(e),
             };
+            if since > reader.up_to() {
+                return Ok(Err(ConnectError::new(
+                    Code::OutOfRange,
+                    format!(
+                        "since_lsn {since} is beyond this node's last committed LSN {}: the \
+                         caller has history this node lacks",
+                        reader.up_to()
+                    ),
+                )));
+            }
             let mut response = GetUpdatesResponse {
                 last_lsn: since,
                 ..GetUpdatesResponse::default()
@@ -181,9 +203,9 @@ pub async fn get_updates(
                 response.last_lsn = record.lsn;
                 push_entries(&mut response.entries, record);
             }
-            Ok(response)
+            Ok(Ok(response))
         })
-        .await
+        .await?
 }
 
 /// The wire entries of one log record: a batch becomes one entry per mutation, all with the

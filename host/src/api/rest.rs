@@ -62,7 +62,7 @@ pub async fn kv_route(
                 SetRequest {
                     key,
                     value,
-                    ttl_ms: ttl.map_or(0, |d| d.as_millis().max(1) as u64),
+                    ttl_ms: ttl.map_or(0, ttl_ms),
                     ..SetRequest::default()
                 },
             )
@@ -82,6 +82,15 @@ pub async fn kv_route(
             Code::Unimplemented,
             format!("{method} is not supported on {KV_PREFIX}{{key}}: use GET, PUT or DELETE"),
         )),
+    }
+}
+
+/// `?ttl=` in ms as the RPC takes it: 0 means "never expires", and a TTL under 1 ms (but not
+/// zero) rounds up so it is not mistaken for that.
+fn ttl_ms(ttl: Duration) -> u64 {
+    match u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX) {
+        0 if !ttl.is_zero() => 1,
+        ms => ms,
     }
 }
 
