@@ -1401,3 +1401,51 @@ async fn edge_cases_behave_like_the_rest_of_the_api() {
     assert!(message.contains("since_lsn 100"), "{message}");
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_timeout_ms_bounds_the_call() {
+    let (node, base, _dir) = start("").await;
+    // A deadline that has already passed stops the call before it does anything.
+    let reply = post(
+        &base,
+        &rpc_path("KVStore", "Set"),
+        Some("application/json"),
+        r#"{"key":"aw==","value":"dg=="}"#,
+        &[("Connect-Timeout-Ms", "0")],
+    )
+    .await;
+    let message = reply.expect_error(504, "deadline_exceeded");
+    assert!(message.contains("nothing was done"), "{message}");
+    let status: StatusResponse = call(
+        HttpVersion::Http1,
+        &base,
+        Codec::Cbor,
+        "Admin",
+        "Status",
+        &StatusRequest {},
+    )
+    .await;
+    assert_eq!(status.keys, 0);
+    // A generous deadline does not get in the way.
+    let reply = post(
+        &base,
+        &rpc_path("KVStore", "Set"),
+        Some("application/json"),
+        r#"{"key":"aw==","value":"dg=="}"#,
+        &[("Connect-Timeout-Ms", "10000")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_config_is_refused_until_replication_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = match common::start_in(dir.path(), "primary:\n  address: 127.0.0.1:9\n").await {
+        Ok(_) => panic!("a replica config started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("replica of 127.0.0.1:9"), "{err}");
+    assert!(err.contains("remove that section"), "{err}");
+}

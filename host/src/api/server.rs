@@ -145,6 +145,13 @@ async fn rpc(
     }
     let codec = connect::unary_codec(headers)?;
     let deadline = connect::timeout(headers)?;
+    if deadline == Some(Duration::ZERO) {
+        return Err(ConnectError::new(
+            Code::DeadlineExceeded,
+            "Connect-Timeout-Ms is 0: the deadline passed before the call started; nothing \
+             was done",
+        ));
+    }
     let body = connect::read_body(
         headers,
         body,

@@ -611,3 +611,39 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_wal_failure_writes_are_refused_and_reads_see_only_durable_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DbOptions::new(dir.path(), SyncPolicy::Always);
+        opts.disk_reserve = 0;
+        let db = Db::open(opts.clone()).unwrap();
+        db.set(
+            Bytes::from("k"),
+            Bytes::from("durable"),
+            SetOptions::default(),
+        )
+        .unwrap();
+        db.inner.wal.break_active_file_for_test();
+
+        let err = db
+            .set(Bytes::from("k"), Bytes::from("lost"), SetOptions::default())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.to_string().contains("restart"), "{err}");
+        // The failed write never became visible, and later writes are refused too.
+        assert_eq!(db.get(b"k").unwrap().value, "durable");
+        let again = db.delete(Bytes::from("k")).unwrap_err();
+        assert_eq!(again.kind(), ErrorKind::Unavailable);
+        assert!(db.stats().failure.is_some());
+        assert_eq!(db.get(b"k").unwrap().value, "durable");
+        drop(db);
+
+        let reopened = Db::open(opts).unwrap();
+        assert_eq!(reopened.get(b"k").unwrap().value, "durable");
+    }
+}
