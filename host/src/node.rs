@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::api::{ApiState, Limits, server};
 use crate::config::Config;
 use crate::db::{Db, DbError};
+use crate::wal::SyncPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -56,16 +57,19 @@ impl Node {
             addr: listen,
             source,
         })?;
-        let state = Arc::new(ApiState::new(Limits {
-            max_key_bytes: config.limits.max_key_bytes as usize,
-            max_value_bytes: config.limits.max_value_bytes as usize,
-            max_request_bytes: config.limits.max_request_bytes as usize,
-        }));
+        let opts = config.db_options();
+        let state = Arc::new(ApiState::new(
+            Limits {
+                max_key_bytes: config.limits.max_key_bytes as usize,
+                max_value_bytes: config.limits.max_value_bytes as usize,
+                max_request_bytes: config.limits.max_request_bytes as usize,
+            },
+            opts.wal.sync == SyncPolicy::Always,
+        ));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(server::serve(listener, Arc::clone(&state), async {
             let _ = stopped.await;
         }));
-        let opts = config.db_options();
         tracing::info!(%addr, dir = %opts.dir.display(), "listening; recovering the store");
         let opened = tokio::task::spawn_blocking(move || Db::open(opts)).await;
         let db = match opened {

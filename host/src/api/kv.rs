@@ -68,7 +68,7 @@ pub async fn set(state: &Arc<ApiState>, req: SetRequest) -> Result<SetResponse, 
         if_version: req.if_version,
     };
     let lsn = state
-        .blocking(move |db| db.set(req.key, req.value, opts))
+        .write(move |db| db.set(req.key, req.value, opts))
         .await?;
     Ok(SetResponse { lsn })
 }
@@ -78,7 +78,7 @@ pub async fn delete(
     req: DeleteRequest,
 ) -> Result<DeleteResponse, ConnectError> {
     state.limits.check_key(&req.key)?;
-    let outcome = state.blocking(move |db| db.delete(req.key)).await?;
+    let outcome = state.write(move |db| db.delete(req.key)).await?;
     Ok(DeleteResponse {
         found: outcome.found,
         lsn: outcome.lsn,
@@ -106,7 +106,7 @@ pub async fn write(
                 .map_err(|e| ConnectError::new(e.code, format!("mutation {i}: {}", e.message)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let lsn = state.blocking(move |db| db.write(mutations)).await?;
+    let lsn = state.write(move |db| db.write(mutations)).await?;
     Ok(WriteResponse { lsn })
 }
 

@@ -61,18 +61,24 @@ pub struct ApiState {
     pub limits: Limits,
     pub metrics: Metrics,
     pub started: Instant,
+    /// Writes wait only for a `write(2)` (sync interval/never), short enough to run on the
+    /// async workers: handing each one to the blocking pool would cost more than the write.
+    writes_inline: bool,
     /// Set when the node begins shutting down, so long-lived streams end promptly.
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl ApiState {
-    pub fn new(limits: Limits) -> Self {
+    /// `writes_wait_for_fsync`: the WAL's sync policy is `always`, so a write may wait
+    /// milliseconds and must leave the async workers.
+    pub fn new(limits: Limits, writes_wait_for_fsync: bool) -> Self {
         let store = Arc::new(OnceLock::new());
         ApiState {
             metrics: Metrics::new(Arc::clone(&store)),
             store,
             limits,
             started: Instant::now(),
+            writes_inline: !writes_wait_for_fsync,
             shutdown: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -92,7 +98,19 @@ impl ApiState {
         })
     }
 
-    /// Run a store call that may block (it waits for the WAL) off the async workers.
+    /// Run a write: inline when it waits only for a `write(2)`, else like `blocking`.
+    pub async fn write<T: Send + 'static>(
+        self: &Arc<Self>,
+        call: impl FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, ConnectError> {
+        if self.writes_inline {
+            Ok(call(self.db()?)?)
+        } else {
+            self.blocking(call).await
+        }
+    }
+
+    /// Run a store call that may block (fsync, snapshot, log reads) off the async workers.
     pub async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
         call: impl FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
