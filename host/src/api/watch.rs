@@ -45,6 +45,9 @@ pub async fn watch(
         req.from_lsn
     };
     let (tx, rx) = mpsc::channel(16);
+    // Subscribed before the response leaves, so a shutdown that starts right after cannot be
+    // missed by a pump that has not run yet.
+    let shutdown = state.shutdown_signal();
     tokio::spawn(pump(
         Arc::clone(state),
         codec,
@@ -52,6 +55,7 @@ pub async fn watch(
         from,
         tx,
         applied,
+        shutdown,
     ));
     let mut response = Response::builder().status(StatusCode::OK);
     for (name, value) in connect::stream_response_headers(codec) {
@@ -69,10 +73,13 @@ async fn pump(
     mut cursor: u64,
     tx: mpsc::Sender<Bytes>,
     mut applied: tokio::sync::watch::Receiver<u64>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut shutdown = state.shutdown_signal();
     let send = |message: WatchResponse| envelope(0, &codec.encode(&message));
     let outcome: Result<(), ConnectError> = loop {
+        if *shutdown.borrow() {
+            break Err(shutting_down(cursor));
+        }
         let step = {
             let prefix = prefix.clone();
             state
@@ -106,9 +113,7 @@ async fn pump(
                     return;
                 }
             }
-            _ = shutdown.changed() => break Err(ConnectError::unavailable(format!(
-                "the node is shutting down; resume the watch with from_lsn {cursor}"
-            ))),
+            _ = shutdown.changed() => break Err(shutting_down(cursor)),
             () = tx.closed() => return,
         }
     };
@@ -156,6 +161,12 @@ impl Body for ChannelBody {
             .poll_recv(cx)
             .map(|item| item.map(|bytes| Ok(Frame::data(bytes))))
     }
+}
+
+fn shutting_down(cursor: u64) -> ConnectError {
+    ConnectError::unavailable(format!(
+        "the node is shutting down; resume the watch with from_lsn {cursor}"
+    ))
 }
 
 /// A watch that cannot go on (the log no longer holds `from_lsn`) is an `out_of_range` error.
