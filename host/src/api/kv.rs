@@ -14,7 +14,7 @@ use super::state::ApiState;
 use crate::clock::now_ms;
 use crate::db::{DbError, SetOptions};
 use crate::storage::Item;
-use crate::wal::{self, Command, WalError};
+use crate::wal::{self, MutationRef, WalError};
 
 /// Most records one GetUpdates call returns.
 const MAX_UPDATES: u32 = 10_000;
@@ -201,7 +201,7 @@ pub async fn get_updates(
             for record in reader.take(limit) {
                 let record = record?;
                 response.last_lsn = record.lsn;
-                push_entries(&mut response.entries, record);
+                push_entries(&mut response.entries, &record);
             }
             Ok(Ok(response))
         })
@@ -210,27 +210,23 @@ pub async fn get_updates(
 
 /// The wire entries of one log record: a batch becomes one entry per mutation, all with the
 /// record's LSN; expiry and eviction are deletes.
-pub(super) fn push_entries(out: &mut Vec<Entry>, record: wal::Record) {
-    let entry = |op: Op, key: Bytes, value: Bytes, expires_at_ms: u64| Entry {
-        lsn: record.lsn,
-        timestamp_ms: record.timestamp_ms as i64,
-        op: op as i32,
-        key,
-        value,
-        expires_at_ms: expires_at_ms as i64,
-    };
-    let mutations = match record.command {
-        Command::Batch(mutations) => mutations,
-        other => other.mutations(),
-    };
-    for m in mutations {
-        out.push(match m {
-            wal::Mutation::Set {
-                key,
+pub(super) fn push_entries(out: &mut Vec<Entry>, record: &wal::Record) {
+    record.command.for_each_mutation(|mutation| {
+        let (op, value, expires_at_ms) = match mutation {
+            MutationRef::Set {
                 value,
                 expires_at_ms,
-            } => entry(Op::Set, key, value, expires_at_ms),
-            wal::Mutation::Delete { key } => entry(Op::Delete, key, Bytes::new(), 0),
+                ..
+            } => (Op::Set, value.clone(), expires_at_ms),
+            MutationRef::Delete { .. } => (Op::Delete, Bytes::new(), 0),
+        };
+        out.push(Entry {
+            lsn: record.lsn,
+            timestamp_ms: record.timestamp_ms as i64,
+            op: op as i32,
+            key: mutation.key().clone(),
+            value,
+            expires_at_ms: expires_at_ms as i64,
         });
-    }
+    });
 }

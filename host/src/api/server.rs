@@ -152,13 +152,7 @@ async fn rpc(
              was done",
         ));
     }
-    let body = connect::read_body(
-        headers,
-        body,
-        state.limits.max_request_bytes,
-        "limits.max_request_bytes",
-    )
-    .await?;
+    let body = read_request(state, headers, body).await?;
     let call = async {
         match name {
             "Get" => unary(codec, &body, |r| kv::get(state, r)).await,
@@ -188,6 +182,21 @@ async fn rpc(
     }
 }
 
+/// The body of an RPC, within `limits.max_request_bytes`.
+async fn read_request(
+    state: &ApiState,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<bytes::Bytes, ConnectError> {
+    connect::read_body(
+        headers,
+        body,
+        state.limits.max_request_bytes,
+        "limits.max_request_bytes",
+    )
+    .await
+}
+
 /// A server-streaming call: one enveloped request in, envelopes out until end-of-stream.
 async fn stream_rpc(
     state: &Arc<ApiState>,
@@ -195,13 +204,7 @@ async fn stream_rpc(
     body: Incoming,
 ) -> Result<Response<ResponseBody>, ConnectError> {
     let codec = connect::stream_codec(headers)?;
-    let body = connect::read_body(
-        headers,
-        body,
-        state.limits.max_request_bytes,
-        "limits.max_request_bytes",
-    )
-    .await?;
+    let body = read_request(state, headers, body).await?;
     let request = connect::decode_stream_request(codec, &body)?;
     watch::watch(state, codec, request).await
 }

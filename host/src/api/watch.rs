@@ -136,7 +136,7 @@ fn read_step(
     for record in reader.take(RECORDS_PER_STEP) {
         let record = record.map_err(DbError::from)?;
         last = record.lsn;
-        push_entries(&mut record_entries, record);
+        push_entries(&mut record_entries, &record);
         entries.extend(
             record_entries
                 .drain(..)

@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::apply;
 use crate::storage::{Engine, EvictionError, Evictor, entry_cost};
-use crate::wal::{Command, Mutation};
+use crate::wal::{Command, MutationRef};
 
 /// A key's state as writers must see it: the newest pending write, else the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,28 +146,14 @@ impl Sequencer {
             expires_at_ms,
             cost: entry_cost(key.len(), value.len()),
         };
-        match command {
-            Command::Set {
+        command.for_each_mutation(|mutation| match mutation {
+            MutationRef::Set {
                 key,
                 value,
                 expires_at_ms,
-            } => step(&mut plan, key, set_state(key, value, *expires_at_ms)),
-            Command::Batch(mutations) => {
-                for mutation in mutations {
-                    match mutation {
-                        Mutation::Set {
-                            key,
-                            value,
-                            expires_at_ms,
-                        } => step(&mut plan, key, set_state(key, value, *expires_at_ms)),
-                        Mutation::Delete { key } => step(&mut plan, key, KeyState::Absent),
-                    }
-                }
-            }
-            Command::Delete { .. } | Command::Expire(_) | Command::Evict(_) => {
-                apply::for_each_key(command, |key| step(&mut plan, key, KeyState::Absent));
-            }
-        }
+            } => step(&mut plan, key, set_state(key, value, expires_at_ms)),
+            MutationRef::Delete { key } => step(&mut plan, key, KeyState::Absent),
+        });
         plan
     }
 
@@ -198,7 +184,8 @@ impl Sequencer {
             apply::apply(engine, record.lsn, &record.command);
             self.entries_delta -= record.entries_delta;
             self.memory_delta -= record.memory_delta;
-            apply::for_each_key(&record.command, |key| {
+            record.command.for_each_mutation(|mutation| {
+                let key = mutation.key();
                 if self
                     .overlay
                     .get(key)

@@ -19,7 +19,7 @@ pub mod snapshot;
 pub use error::{Result, WalError};
 pub use log::{SyncPolicy, Wal, WalOptions, WalStats};
 pub use reader::LogReader;
-pub use record::{Command, DecodeError, Mutation, Record};
+pub use record::{Command, DecodeError, Mutation, MutationRef, Record};
 pub use recovery::{RepairReport, VerifyReport, WalDamage, repair, verify};
 pub use segment::segment_path;
 

@@ -75,24 +75,60 @@ impl Command {
         }
     }
 
-    /// The record's effect as individual mutations, in order.
-    pub fn mutations(&self) -> Vec<Mutation> {
+    /// Call `f` with each change the record makes, in order, without copying keys or
+    /// values: the one walk shared by apply, accounting and log readers.
+    pub fn for_each_mutation<'a>(&'a self, mut f: impl FnMut(MutationRef<'a>)) {
         match self {
             Command::Set {
                 key,
                 value,
                 expires_at_ms,
-            } => vec![Mutation::Set {
-                key: key.clone(),
-                value: value.clone(),
+            } => f(MutationRef::Set {
+                key,
+                value,
                 expires_at_ms: *expires_at_ms,
-            }],
-            Command::Delete { key } => vec![Mutation::Delete { key: key.clone() }],
-            Command::Batch(mutations) => mutations.clone(),
-            Command::Expire(keys) | Command::Evict(keys) => keys
-                .iter()
-                .map(|key| Mutation::Delete { key: key.clone() })
-                .collect(),
+            }),
+            Command::Delete { key } => f(MutationRef::Delete { key }),
+            Command::Batch(mutations) => {
+                for mutation in mutations {
+                    f(match mutation {
+                        Mutation::Set {
+                            key,
+                            value,
+                            expires_at_ms,
+                        } => MutationRef::Set {
+                            key,
+                            value,
+                            expires_at_ms: *expires_at_ms,
+                        },
+                        Mutation::Delete { key } => MutationRef::Delete { key },
+                    });
+                }
+            }
+            Command::Expire(keys) | Command::Evict(keys) => {
+                keys.iter().for_each(|key| f(MutationRef::Delete { key }));
+            }
+        }
+    }
+}
+
+/// One change of a record, borrowed from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MutationRef<'a> {
+    Set {
+        key: &'a Bytes,
+        value: &'a Bytes,
+        expires_at_ms: u64,
+    },
+    Delete {
+        key: &'a Bytes,
+    },
+}
+
+impl<'a> MutationRef<'a> {
+    pub fn key(self) -> &'a Bytes {
+        match self {
+            MutationRef::Set { key, .. } | MutationRef::Delete { key } => key,
         }
     }
 }
