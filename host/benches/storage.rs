@@ -260,20 +260,10 @@ fn measure_memory_child(dir: &Path) {
 }
 
 /// Replace the storage section of BENCHMARKS.md (between its markers) with `report`, creating
-/// the file if needed, and stamp it with the machine and date.
+/// the file if needed, and stamp it with the date (the file's header names the machine).
 fn write_benchmarks(path: &Path, report: &str) {
     const BEGIN: &str = "<!-- storage-bench:begin -->";
     const END: &str = "<!-- storage-bench:end -->";
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let date = std::process::Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d")
@@ -281,7 +271,7 @@ fn write_benchmarks(path: &Path, report: &str) {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     let section = format!(
-        "{BEGIN}\n## Storage engine and WAL\n\nMeasured {date} on {cores} cores ({cpu}) by \
+        "{BEGIN}\n## Storage engine and WAL\n\nMeasured {date} on the machine above by \
          `cargo xtask bench` (`host/benches/storage.rs`, release build).\n\n{report}\n{END}"
     );
     let existing = std::fs::read_to_string(path).unwrap_or_else(|_| {

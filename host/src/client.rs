@@ -489,7 +489,7 @@ fn normalize_base(input: &str) -> Result<String, ClientError> {
 /// The Connect error a non-200 answer carries: its JSON error body when it has one, else
 /// (a proxy, a load balancer, a server that is not Connect) a code derived from the HTTP
 /// status as the Connect protocol prescribes, with the body text as the message.
-fn error_from_response(status: StatusCode, body: &[u8]) -> ConnectError {
+pub fn error_from_response(status: StatusCode, body: &[u8]) -> ConnectError {
     if let Some(e) = ConnectError::from_json(body) {
         return e;
     }

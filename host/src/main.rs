@@ -1,7 +1,8 @@
 //! The `wasmkv` binary: runs a node (`serve`), talks to one (`get`, `set`, `del`, `status`,
-//! `digest`, `snapshot`, `watch`), and inspects or repairs a stopped node's write-ahead log (`wal
-//! verify`, `wal dump`, `repair`). One binary, so an operator has one thing to install and the
-//! offline tools always understand the WAL format of the node they came with.
+//! `digest`, `snapshot`, `watch`), measures one under load (`bench`), and inspects or repairs
+//! a stopped node's write-ahead log (`wal verify`, `wal dump`, `repair`). One binary, so an
+//! operator has one thing to install and the offline tools always understand the WAL format
+//! of the node they came with.
 //!
 //! This file is the command line's shape (clap) and the process's edges: logging, exit
 //! status, signals. What each command does lives in `cli/`.
@@ -107,6 +108,11 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Load a node with a closed-loop workload; report throughput and latency percentiles
+    ///
+    /// Each connection keeps one request in flight. Fails (exit status 2) when more than 1%
+    /// of the requests fail, naming the first error.
+    Bench(Box<cli::bench::BenchArgs>),
     /// Inspect the write-ahead log of a data directory (offline: changes nothing)
     #[command(subcommand)]
     Wal(WalCommand),
@@ -216,6 +222,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Watch { prefix, from, node } => {
             cli::remote::watch(&node.into(), prefix.into_vec(), from)
         }
+        Command::Bench(args) => cli::bench::run(*args),
         Command::Wal(WalCommand::Verify { dir }) => cli::offline::verify(&dir),
         Command::Wal(WalCommand::Dump {
             dir,

@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 
 #[derive(Parser)]
@@ -26,9 +27,9 @@ enum Task {
     },
     /// Everything CI checks: formatting, lints, the whole test suite, and the demo.
     Test,
-    /// Run the benchmarks and rewrite BENCHMARKS.md with the figures.
+    /// Benchmark wasmkv against Redis (and the storage engine) and rewrite BENCHMARKS.md.
     Bench {
-        /// A short run to check that the benchmarks work (figures are not written).
+        /// A short smoke run (one round, small data): prints the tables, writes nothing.
         #[arg(long)]
         quick: bool,
     },
@@ -114,12 +115,20 @@ fn install_test_tools() -> Result<()> {
 }
 
 fn bench(quick: bool) -> Result<()> {
-    let mut cmd = cargo();
-    cmd.args(["bench", "-p", "wasmkv", "--bench", "storage", "--"]);
-    if quick {
-        cmd.arg("--quick");
-    } else {
-        cmd.arg("--write").arg(root().join("BENCHMARKS.md"));
-    }
-    run("storage and WAL benchmarks", cmd)
+    bench::bench(quick)
+}
+
+/// Where cargo puts build output (`CARGO_TARGET_DIR` if set), so the built binary is found.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// A port nothing listens on right now, for a server started next (each run gets its own, so
+/// runs never meet a previous server's leftovers).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

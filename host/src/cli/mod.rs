@@ -1,7 +1,9 @@
 //! What the `wasmkv` commands do, behind `main.rs`'s argument parsing: `remote` talks to a
 //! running node through `wasmkv::client`; `offline` reads (and on request repairs) a data
-//! directory's WAL with no node running. Shared here: how errors and bytes are printed.
+//! directory's WAL with no node running; `bench` loads a node over bare connections of its
+//! own. Shared here: how errors and bytes are printed.
 
+pub mod bench;
 pub mod offline;
 pub mod remote;
 

@@ -1,0 +1,538 @@
+//! The bench's side of the wire: requests built once and patched per request, and the two
+//! kinds of connection that carry them.
+//!
+//! HTTP/1.1 is spoken directly on the socket. A closed loop with one request in flight needs
+//! nothing of a general client (no pipelining, no pool, no streaming bodies), and measured
+//! against `wrk` on 2 cores, hyper's client side spent about three times `wrk`'s user CPU per
+//! request (its dispatch channels, header maps, allocations): CPU taken from the node on the
+//! same machine, which lowered the node's figures. Here a request is one `write` of bytes
+//! that were serialized once (head and body) with only the key digits rewritten, and a
+//! response is parsed in place with httparse. HTTP/2 goes through hyper, whose framing and
+//! flow control are not worth redoing.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use wasmkv::api::{Code, Codec, ConnectError};
+use wasmkv::client::error_from_response;
+
+use super::{KEY_DIGITS, KEY_PREFIX, key};
+
+/// Read at least this much room per `read`: every answer of the benchmark fits at once.
+const READ_CHUNK: usize = 16 * 1024;
+/// Response headers parsed at most (the node sends about five).
+const MAX_HEADERS: usize = 32;
+
+/// Write `n` as the 12 digits of a key into `out` (its last 12 digits if it had more).
+pub(super) fn put_digits(out: &mut [u8], mut n: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// Bytes serialized once with placeholder keys, and where each key's digits are, so that a
+/// request costs a few digit writes instead of an encode: every key has the same length, so
+/// every request has the same layout.
+#[derive(Debug)]
+pub(super) struct Template {
+    pub(super) bytes: Vec<u8>,
+    digits: Vec<usize>,
+}
+
+impl Template {
+    /// Locate the placeholders `key(0)` .. `key(count - 1)` in `bytes`, each exactly once.
+    pub(super) fn new(bytes: Vec<u8>, count: usize) -> anyhow::Result<Template> {
+        let mut digits = Vec::with_capacity(count);
+        for i in 0..count as u64 {
+            let needle = key(i);
+            let needle = needle.as_bytes();
+            let mut found = bytes
+                .windows(needle.len())
+                .enumerate()
+                .filter(|(_, window)| *window == needle)
+                .map(|(at, _)| at);
+            match (found.next(), found.next()) {
+                (Some(at), None) => digits.push(at + KEY_PREFIX.len()),
+                _ => anyhow::bail!("the key {:?} is not in the request exactly once", key(i)),
+            }
+        }
+        Ok(Template { bytes, digits })
+    }
+
+    /// Write the next keys into `bytes`, a copy of this template's bytes.
+    pub(super) fn fill_in_place(&self, bytes: &mut [u8], mut next_key: impl FnMut() -> u64) {
+        for &at in &self.digits {
+            put_digits(&mut bytes[at..at + KEY_DIGITS], next_key());
+        }
+    }
+
+    /// A copy with the next keys, built in `buf`, which is reused: once hyper has dropped the
+    /// previous copy, the same allocation serves again.
+    fn fill(&self, buf: &mut BytesMut, next_key: impl FnMut() -> u64) -> Bytes {
+        buf.extend_from_slice(&self.bytes);
+        self.fill_in_place(buf, next_key);
+        buf.split().freeze()
+    }
+}
+
+/// A Connect unary POST of `KVStore/{method}`, in both protocols' forms.
+pub(super) struct ConnectCall {
+    /// HTTP/1.1: the head up to `Content-Length` (request line, Host, Content-Type, version).
+    head: String,
+    /// HTTP/2: the absolute URI and the headers, cloned per request (reference counts only).
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl ConnectCall {
+    /// `origin_form` is the path HTTP/1.1 sends; `absolute` the URI HTTP/2 sends; `host` the
+    /// node as HTTP/1.1's Host header names it.
+    pub(super) fn new(origin_form: &str, absolute: &str, host: &str) -> anyhow::Result<Self> {
+        let content_type = Codec::Cbor.unary_content_type();
+        let head = format!(
+            "POST {origin_form} HTTP/1.1\r\nhost: {host}\r\ncontent-type: {content_type}\r\n\
+             connect-protocol-version: 1\r\n"
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(
+            HeaderName::from_static("connect-protocol-version"),
+            HeaderValue::from_static("1"),
+        );
+        let uri = absolute
+            .parse()
+            .map_err(|e| anyhow::anyhow!("bad request URI {absolute:?}: {e}"))?;
+        Ok(ConnectCall { head, uri, headers })
+    }
+
+    /// The whole HTTP/1.1 request with `body`.
+    pub(super) fn wire(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.head.len() + 32 + body.len());
+        out.extend_from_slice(self.head.as_bytes());
+        out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// The HTTP/2 request with `body`.
+    pub(super) fn request(&self, body: Bytes) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// One kind of request of a workload, built for the protocol of the run.
+pub(super) enum Call {
+    /// HTTP/1.1: the whole request as sent, keys rewritten in place.
+    Wire(Template),
+    /// HTTP/2 Connect call: the CBOR body's keys filled in per request.
+    Connect {
+        target: Box<ConnectCall>,
+        body: Template,
+    },
+    /// HTTP/2 REST GET: the URI's key filled in per request.
+    Rest { uri: Template },
+}
+
+/// A connection's own copies of what its requests are built from.
+pub(super) struct Caller<'a> {
+    calls: &'a [Call],
+    /// For `Call::Wire`, the request bytes, rewritten in place by each request.
+    wire: Vec<Vec<u8>>,
+    buf: BytesMut,
+}
+
+impl<'a> Caller<'a> {
+    pub(super) fn new(calls: &'a [Call]) -> Caller<'a> {
+        let wire = calls
+            .iter()
+            .map(|call| match call {
+                Call::Wire(template) => template.bytes.clone(),
+                Call::Connect { .. } | Call::Rest { .. } => Vec::new(),
+            })
+            .collect();
+        Caller {
+            calls,
+            wire,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Send call `which` with keys from `next_key` and wait for the whole answer.
+    pub(super) async fn call(
+        &mut self,
+        link: &mut Link,
+        which: usize,
+        next_key: impl FnMut() -> u64,
+        want_error: bool,
+    ) -> Result<Option<ConnectError>, ConnectError> {
+        match (&self.calls[which], link) {
+            (Call::Wire(template), Link::Wire(wire)) => {
+                let bytes = &mut self.wire[which];
+                template.fill_in_place(bytes, next_key);
+                wire.exchange(bytes, want_error).await
+            }
+            (Call::Connect { target, body }, Link::H2(h2)) => {
+                let request = target.request(body.fill(&mut self.buf, next_key));
+                h2.exchange(request, want_error).await
+            }
+            (Call::Rest { uri }, Link::H2(h2)) => {
+                let uri = Uri::from_maybe_shared(uri.fill(&mut self.buf, next_key))
+                    .expect("digits in place of digits keep a URI valid");
+                let mut request = Request::new(Full::new(Bytes::new()));
+                *request.uri_mut() = uri;
+                h2.exchange(request, want_error).await
+            }
+            _ => unreachable!("the calls are built for the protocol of the links"),
+        }
+    }
+}
+
+/// One connection to the node.
+pub(super) enum Link {
+    Wire(WireLink),
+    H2(H2Link),
+}
+
+impl Link {
+    pub(super) async fn open(connect_to: &str, http2: bool) -> Result<Link, ConnectError> {
+        let unavailable = |e: io::Error| {
+            ConnectError::unavailable(format!("cannot connect to {connect_to}: {e}"))
+        };
+        let stream = TcpStream::connect(connect_to).await.map_err(unavailable)?;
+        // One small request at a time per connection: Nagle's algorithm would only delay it.
+        stream.set_nodelay(true).map_err(unavailable)?;
+        if !http2 {
+            return Ok(Link::Wire(WireLink {
+                stream,
+                buf: Vec::with_capacity(READ_CHUNK),
+                closing: false,
+                connect_to: connect_to.to_owned(),
+            }));
+        }
+        let (sender, driver) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|e| transport_error(connect_to, &e))?;
+        // The connection's I/O runs in its own task (hyper spawns one per HTTP/2 stream
+        // anyway); when it fails, the next send says so.
+        tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        Ok(Link::H2(H2Link {
+            sender,
+            connect_to: connect_to.to_owned(),
+        }))
+    }
+
+    /// Whether another request may be sent (the node did not announce it closes the
+    /// connection).
+    pub(super) fn reusable(&self) -> bool {
+        match self {
+            Link::Wire(wire) => !wire.closing,
+            Link::H2(h2) => !h2.sender.is_closed(),
+        }
+    }
+
+    /// Send `call` (preloading: built once, so no template) and wait for the whole answer.
+    pub(super) async fn send_once(
+        &mut self,
+        call: &ConnectCall,
+        body: Vec<u8>,
+    ) -> Result<Option<ConnectError>, ConnectError> {
+        match self {
+            Link::Wire(wire) => wire.exchange(&call.wire(&body), true).await,
+            Link::H2(h2) => h2.exchange(call.request(Bytes::from(body)), true).await,
+        }
+    }
+}
+
+/// HTTP/1.1 on a bare socket.
+pub(super) struct WireLink {
+    stream: TcpStream,
+    /// The answer being read; its allocation serves every answer.
+    buf: Vec<u8>,
+    /// The node announced it closes the connection after the last answer.
+    closing: bool,
+    connect_to: String,
+}
+
+/// What the head of an answer says.
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    len: usize,
+    status: u16,
+    content_length: usize,
+    close: bool,
+}
+
+impl WireLink {
+    /// Send `request` and read the whole answer: Ok(None) for 200, Ok(Some) for the node's
+    /// error (its message read only when `want_error`: only the first error is reported),
+    /// Err when the connection failed or the answer cannot be read.
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        want_error: bool,
+    ) -> Result<Option<ConnectError>, ConnectError> {
+        let lost = |e: io::Error| ConnectError::unavailable(format!("{}: {e}", self.connect_to));
+        self.stream.write_all(request).await.map_err(lost)?;
+        // One request in flight: whatever was in the buffer belonged to the last answer.
+        self.buf.clear();
+        let head = loop {
+            match parse_head(&self.buf) {
+                Ok(Some(head)) => break head,
+                Ok(None) => self.read_more().await?,
+                Err(why) => {
+                    return Err(ConnectError::internal(format!(
+                        "{}: {why}",
+                        self.connect_to
+                    )));
+                }
+            }
+        };
+        let end = head.len + head.content_length;
+        while self.buf.len() < end {
+            self.read_more().await?;
+        }
+        self.closing = head.close;
+        if head.status == 200 {
+            return Ok(None);
+        }
+        let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        Ok(Some(if want_error {
+            error_from_response(status, &self.buf[head.len..end])
+        } else {
+            ConnectError::new(Code::Unknown, String::new())
+        }))
+    }
+
+    async fn read_more(&mut self) -> Result<(), ConnectError> {
+        self.buf.reserve(READ_CHUNK);
+        match self.stream.read_buf(&mut self.buf).await {
+            Ok(0) => {
+                self.closing = true;
+                Err(ConnectError::unavailable(format!(
+                    "{} closed the connection",
+                    self.connect_to
+                )))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(ConnectError::unavailable(format!(
+                "{}: {e}",
+                self.connect_to
+            ))),
+        }
+    }
+}
+
+/// The head of the answer at the start of `buf`: None while incomplete, Err for what this
+/// client does not read (a body without Content-Length, such as a chunked one).
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("unreadable HTTP response: {e}")),
+    };
+    let status = response.code.unwrap_or_default();
+    // HTTP/1.0 closes after each answer unless it says otherwise.
+    let mut close = response.version == Some(0);
+    let mut content_length = None;
+    for header in response.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(header.value).ok();
+            content_length = Some(
+                value
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "bad Content-Length {:?}",
+                            header.value.escape_ascii().to_string()
+                        )
+                    })?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(
+                "the answer is chunked, which this client does not read: the node (or a \
+                        proxy) should send Content-Length"
+                    .to_owned(),
+            );
+        } else if name.eq_ignore_ascii_case("connection") {
+            let value = header.value.to_ascii_lowercase();
+            if value.windows(5).any(|w| w == b"close") {
+                close = true;
+            } else if value.windows(10).any(|w| w == b"keep-alive") {
+                close = false;
+            }
+        }
+    }
+    let content_length = match content_length {
+        Some(n) => n,
+        None if status == 204 || status == 304 || (100..200).contains(&status) => 0,
+        None => {
+            return Err(format!(
+                "an answer ({status}) without Content-Length, which this client does not read"
+            ));
+        }
+    };
+    Ok(Some(Head {
+        len,
+        status,
+        content_length,
+        close,
+    }))
+}
+
+/// HTTP/2 through hyper.
+pub(super) struct H2Link {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    connect_to: String,
+}
+
+impl H2Link {
+    async fn exchange(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        want_error: bool,
+    ) -> Result<Option<ConnectError>, ConnectError> {
+        let lost = |e: hyper::Error| transport_error(&self.connect_to, &e);
+        self.sender.ready().await.map_err(lost)?;
+        let response = self.sender.send_request(request).await.map_err(lost)?;
+        let (parts, mut body) = response.into_parts();
+        let mut text = Vec::new();
+        // Drained frame by frame and dropped: collecting would allocate for nothing.
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(lost)?;
+            if let (false, true, Ok(data)) = (
+                parts.status == StatusCode::OK,
+                want_error,
+                frame.into_data(),
+            ) {
+                text.extend_from_slice(&data);
+            }
+        }
+        Ok(match (parts.status, want_error) {
+            (StatusCode::OK, _) => None,
+            (status, true) => Some(error_from_response(status, &text)),
+            (_, false) => Some(ConnectError::new(Code::Unknown, String::new())),
+        })
+    }
+}
+
+/// A failure on the way as a Connect error: `unavailable`, as a Connect client reports it,
+/// with the whole cause.
+fn transport_error(connect_to: &str, error: &(dyn std::error::Error + 'static)) -> ConnectError {
+    let mut text = format!("{connect_to}: {error}");
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    ConnectError::unavailable(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/cbor\r\ncontent-length: 5\r\n\r\nhello";
+
+    #[test]
+    fn heads_are_parsed_once_complete() {
+        let head_len = OK.len() - 5;
+        assert_eq!(
+            parse_head(OK).unwrap(),
+            Some(Head {
+                len: head_len,
+                status: 200,
+                content_length: 5,
+                close: false
+            })
+        );
+        // Incomplete heads wait for more bytes; a head without its body is complete.
+        assert_eq!(parse_head(&OK[..head_len - 1]).unwrap(), None);
+        assert!(parse_head(&OK[..head_len]).unwrap().is_some());
+        assert_eq!(parse_head(b"").unwrap(), None);
+    }
+
+    #[test]
+    fn connection_close_and_http_1_0_end_the_link() {
+        let close =
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: Close\r\ncontent-length: 0\r\n\r\n";
+        let head = parse_head(close).unwrap().unwrap();
+        assert_eq!((head.status, head.close), (503, true));
+        let old = b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n";
+        assert!(parse_head(old).unwrap().unwrap().close);
+        let kept = b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n";
+        assert!(!parse_head(kept).unwrap().unwrap().close);
+    }
+
+    #[test]
+    fn answers_this_client_cannot_read_are_errors() {
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert!(parse_head(chunked).unwrap_err().contains("chunked"));
+        let no_length = b"HTTP/1.1 200 OK\r\n\r\n";
+        assert!(
+            parse_head(no_length)
+                .unwrap_err()
+                .contains("Content-Length")
+        );
+        let bad_length = b"HTTP/1.1 200 OK\r\ncontent-length: lots\r\n\r\n";
+        assert!(parse_head(bad_length).is_err());
+        assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        // No body, no length needed.
+        let empty = b"HTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(parse_head(empty).unwrap().unwrap().content_length, 0);
+    }
+
+    #[test]
+    fn templates_find_each_placeholder_once() {
+        let text = format!("a {} b {} c", key(0), key(1));
+        let template = Template::new(text.into_bytes(), 2).unwrap();
+        let mut bytes = template.bytes.clone();
+        let mut keys = [7, 8].into_iter();
+        template.fill_in_place(&mut bytes, || keys.next().unwrap());
+        assert_eq!(bytes, format!("a {} b {} c", key(7), key(8)).as_bytes());
+        let mut buf = BytesMut::new();
+        let copy = template.fill(&mut buf, || 9);
+        assert_eq!(copy, format!("a {} b {} c", key(9), key(9)).as_bytes());
+        // A placeholder missing or repeated cannot be rewritten safely.
+        assert!(Template::new(key(0).into_bytes(), 2).is_err());
+        assert!(Template::new(format!("{0}{0}", key(0)).into_bytes(), 1).is_err());
+    }
+
+    #[test]
+    fn connect_calls_declare_their_body_length() {
+        let call = ConnectCall::new(
+            "/kvstore.v1.KVStore/Get",
+            "http://n:1/kvstore.v1.KVStore/Get",
+            "n:1",
+        )
+        .unwrap();
+        let wire = call.wire(b"abc");
+        assert!(wire.ends_with(b"content-length: 3\r\n\r\nabc"));
+        let request = call.request(Bytes::from_static(b"abc"));
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri(), "http://n:1/kvstore.v1.KVStore/Get");
+        assert_eq!(request.headers()[CONTENT_TYPE], "application/cbor");
+    }
+}

@@ -1,0 +1,257 @@
+//! `wasmkv bench` as a real process against an in-process node: every workload, both
+//! protocols, the JSON report's figures, and failures that must fail the run.
+
+mod common;
+
+use std::process::Output;
+use std::time::Duration;
+
+use tokio::process::Command;
+use wasmkv::client::Client;
+
+/// A bench run may take this long at most (the node is a debug build in the tests).
+const RUN_DEADLINE: Duration = Duration::from_secs(120);
+/// The key space of these runs: small, so that preloading a debug node is quick.
+const KEYS: u64 = 1000;
+
+async fn bench(base: &str, args: &[&str]) -> Output {
+    let run = Command::new(env!("CARGO_BIN_EXE_wasmkv"))
+        .arg("bench")
+        .args(["--addr", base])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("WASMKV_ADDR")
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(RUN_DEADLINE, run)
+        .await
+        .unwrap_or_else(|_| panic!("bench {args:?} did not finish within {RUN_DEADLINE:?}"))
+        .expect("run the wasmkv binary")
+}
+
+fn report(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "one JSON line on stdout; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn number(json: &serde_json::Value, key: &str) -> u64 {
+    json[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no whole number {key:?} in {json}"))
+}
+
+/// Run `workload` for 200 requests on 4 connections after a preload, check the report, and
+/// check that the node holds exactly the key space (so every get hit).
+async fn run_workload(workload: &str, extra: &[&str], batch: u64) -> serde_json::Value {
+    let (node, base, _dir) = common::start("").await;
+    let keys = KEYS.to_string();
+    let mut args = vec![
+        "--workload",
+        workload,
+        "--requests",
+        "200",
+        "--connections",
+        "4",
+        "--json",
+        "--preload",
+        "--keys",
+        &keys,
+    ];
+    args.extend_from_slice(extra);
+    let output = bench(&base, &args).await;
+    assert!(
+        output.status.success(),
+        "{workload} {extra:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json = report(&output);
+    let http2 = extra.contains(&"--http2");
+    assert_eq!(json["workload"], workload, "{json}");
+    assert_eq!(json["http2"], http2, "{json}");
+    assert_eq!(number(&json, "connections"), 4, "{json}");
+    assert_eq!(number(&json, "batch"), batch, "{json}");
+    assert_eq!(number(&json, "requests"), 200, "{json}");
+    assert_eq!(number(&json, "ops"), 200 * batch, "{json}");
+    assert_eq!(number(&json, "errors"), 0, "{json}");
+    let elapsed = json["elapsed_s"].as_f64().unwrap();
+    let rps = json["rps"].as_f64().unwrap();
+    assert!(elapsed > 0.0 && rps > 0.0, "{json}");
+    assert!((rps * elapsed - 200.0).abs() < 1e-6, "{json}");
+    let latencies = ["p50_us", "p99_us", "p999_us", "max_us"].map(|k| number(&json, k));
+    assert!(latencies[0] >= 1, "{json}");
+    assert!(latencies.is_sorted(), "percentiles out of order: {json}");
+    // Every key of the key space is there (and no other): the gets of the run all hit.
+    let status = Client::new(&base).unwrap().status().await.unwrap();
+    assert_eq!(status.keys, KEYS, "{workload}");
+    node.shutdown().await.unwrap();
+    json
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get() {
+    run_workload("get", &[], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_with_a_ttl() {
+    let (node, base, _dir) = common::start("").await;
+    let args = [
+        "--workload=set",
+        "--requests=200",
+        "--connections=4",
+        "--json",
+        "--keys=1",
+        "--ttl-ms=600000",
+        "--value-size=10",
+        "--warmup=0s",
+    ];
+    let json = report(&bench(&base, &args).await);
+    assert_eq!(
+        (number(&json, "requests"), number(&json, "errors")),
+        (200, 0)
+    );
+    let got = Client::new(&base)
+        .unwrap()
+        .get("key:000000000000")
+        .await
+        .unwrap();
+    assert!(got.found);
+    assert_eq!(got.value.len(), 10);
+    assert!(got.expires_at_ms > 0, "the TTL was sent");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set() {
+    run_workload("set", &[], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed() {
+    run_workload("mixed", &["--read-ratio", "0.5"], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiget() {
+    run_workload("multiget", &[], 16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write() {
+    run_workload("write", &["--batch", "4"], 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_get() {
+    run_workload("rest-get", &[], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_over_http2() {
+    run_workload("get", &["--http2"], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_over_http2() {
+    run_workload("write", &["--http2"], 16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_get_over_http2() {
+    run_workload("rest-get", &["--http2"], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_run_measures_after_its_warmup() {
+    let (node, base, _dir) = common::start("").await;
+    let args = [
+        "--duration=400ms",
+        "--warmup=200ms",
+        "--connections=2",
+        "--keys=100",
+        "--preload",
+        "--json",
+    ];
+    let output = bench(&base, &args).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json = report(&output);
+    assert!(number(&json, "requests") >= 1, "{json}");
+    assert_eq!(number(&json, "errors"), 0, "{json}");
+    let elapsed = json["elapsed_s"].as_f64().unwrap();
+    // The measured time is the duration (plus the last answers), not the warmup too.
+    assert!((0.4..1.5).contains(&elapsed), "{json}");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_is_for_people() {
+    let (node, base, _dir) = common::start("").await;
+    let output = bench(&base, &["--requests=50", "--connections=2", "--warmup=0s"]).await;
+    assert!(output.status.success());
+    let table = String::from_utf8(output.stdout).unwrap();
+    for row in ["workload", "requests", "errors", "requests/s", "latency"] {
+        assert!(table.contains(row), "{row} in\n{table}");
+    }
+    assert!(table.contains("p99.9"), "{table}");
+    // Not a terminal, no --progress: nothing on stderr.
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_fail_the_run_with_the_first_error() {
+    let (node, base, _dir) = common::start("").await;
+    // Nothing preloaded: every REST get is a 404.
+    let args = [
+        "--workload=rest-get",
+        "--requests=100",
+        "--connections=2",
+        "--json",
+        "--warmup=0s",
+        "--progress",
+    ];
+    let output = bench(&base, &args).await;
+    assert_eq!(output.status.code(), Some(2));
+    let json = report(&output);
+    assert_eq!(
+        (number(&json, "requests"), number(&json, "errors")),
+        (0, 100),
+        "{json}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: 100 of 100 requests failed; the first: not_found: key "),
+        "{stderr}"
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_node_fails_at_once() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let output = bench(&addr, &["--requests=10", "--connections=2"]).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unavailable: cannot connect to") && stderr.contains(&addr),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,212 @@
+//! Running the tools the benchmarks drive, in a way that can be shown: every command is built
+//! once and both executed and printed from that one description, so the commands listed in
+//! BENCHMARKS.md are exactly the ones that ran (with `$PORT`, `$DIR` and friends standing for
+//! what changes between runs). Servers are held by guards that stop them on drop, so an error
+//! or a panic half-way never leaves a process behind.
+
+use std::ffi::OsStr;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rustix::process::{Pid, Signal, kill_process};
+
+/// A command and how it is shown.
+pub struct Cmd {
+    cmd: Command,
+    shown_env: Vec<String>,
+    shown: Vec<String>,
+}
+
+impl Cmd {
+    /// `program` runs; `shown` names it in the printed command (e.g. `wasmkv` for the full path).
+    pub fn new(program: impl AsRef<OsStr>, shown: &str) -> Cmd {
+        let mut cmd = Command::new(program);
+        cmd.stdin(Stdio::null());
+        Cmd {
+            cmd,
+            shown_env: Vec::new(),
+            shown: vec![shown.to_owned()],
+        }
+    }
+
+    /// An argument shown as it is.
+    pub fn arg(&mut self, arg: impl AsRef<str>) -> &mut Cmd {
+        let arg = arg.as_ref();
+        self.cmd.arg(arg);
+        self.shown.push(quote(arg));
+        self
+    }
+
+    pub fn args<S: AsRef<str>>(&mut self, args: impl IntoIterator<Item = S>) -> &mut Cmd {
+        for arg in args {
+            self.arg(arg);
+        }
+        self
+    }
+
+    /// An argument that changes from run to run (a port, a temp dir), shown as `shown`.
+    pub fn arg_as(&mut self, arg: impl AsRef<OsStr>, shown: &str) -> &mut Cmd {
+        self.cmd.arg(arg);
+        self.shown.push(shown.to_owned());
+        self
+    }
+
+    /// An environment variable shown as it is.
+    pub fn env(&mut self, key: &str, value: &str) -> &mut Cmd {
+        self.env_as(key, value, value)
+    }
+
+    /// An environment variable whose value changes from run to run, shown as `shown`.
+    pub fn env_as(&mut self, key: &str, value: impl AsRef<OsStr>, shown: &str) -> &mut Cmd {
+        self.cmd.env(key, value);
+        self.shown_env.push(format!("{key}={shown}"));
+        self
+    }
+
+    pub fn shown(&self) -> String {
+        let mut words = self.shown_env.clone();
+        words.extend(self.shown.iter().cloned());
+        words.join(" ")
+    }
+
+    /// Run to completion and return stdout; a failure carries stderr.
+    pub fn output(&mut self) -> Result<String> {
+        let out = self
+            .cmd
+            .output()
+            .with_context(|| format!("could not start: {}", self.shown()))?;
+        if !out.status.success() {
+            bail!(
+                "`{}` failed ({}): {}{}",
+                self.shown(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Start as a server whose output goes to `log` (kept in its temp dir for post-mortems).
+    pub fn spawn_logged(&mut self, log: &Path) -> Result<Process> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        self.cmd.stdout(file.try_clone()?).stderr(file);
+        // The drop guard cannot run if the xtask itself is killed (a cancelled CI job): the
+        // kernel then sends the server SIGTERM when its parent dies.
+        // SAFETY: the closure only makes one prctl system call, which is async-signal-safe.
+        unsafe {
+            self.cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(Signal::TERM))
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = self
+            .cmd
+            .spawn()
+            .with_context(|| format!("could not start: {}", self.shown()))?;
+        Ok(Process {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// The underlying command, for the few runs that need piped stdin.
+    pub fn command(&mut self) -> &mut Command {
+        &mut self.cmd
+    }
+}
+
+fn quote(arg: &str) -> String {
+    if arg.is_empty() {
+        "\"\"".into()
+    } else if arg.contains([' ', '\'', '"', '*']) {
+        format!("'{arg}'")
+    } else {
+        arg.into()
+    }
+}
+
+/// A server process: SIGTERM then SIGKILL when dropped, whatever happened before.
+pub struct Process {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Some(status)` once the process has exited.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// The last lines of the server's output, for an error message.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
+    /// Resident set size from /proc (the kernel's own count, same method for both servers).
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc/PID/status")?;
+        Ok(kib * 1024)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = Pid::from_raw(self.pid() as i32) {
+            let _ = kill_process(pid, signal);
+        }
+    }
+
+    /// Wait for the process to exit on its own (after a SIGTERM or SHUTDOWN); SIGKILL and an
+    /// error if it takes longer than `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.signal(Signal::KILL);
+                self.child.wait()?;
+                bail!("did not stop within {timeout:?}; killed");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM and wait: the clean stop for wasmkv, and a safe one for Redis.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        self.signal(Signal::TERM);
+        self.wait(Duration::from_secs(30))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(Signal::TERM);
+            if self.wait(Duration::from_secs(10)).is_err() {
+                eprintln!("      (a server ignored SIGTERM and was killed)");
+            }
+        }
+    }
+}
+
+/// Whether a program is on PATH (without running it: some, like `wrk -v`, exit non-zero).
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
