@@ -5,8 +5,13 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::error::DbError;
+
+/// How long a lock that names this very process may take to be let go (see `acquire`).
+const SELF_RELEASE_GRACE: Duration = Duration::from_millis(500);
+const RETRY_EVERY: Duration = Duration::from_millis(5);
 
 /// Holds the lock on a data directory; released when dropped (or when the process dies).
 #[derive(Debug)]
@@ -28,17 +33,31 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(io_err("open lock file"))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                return Err(DbError::Locked {
-                    dir: dir.to_owned(),
-                    holder: holder.trim().to_owned(),
-                });
+        let ours = format!("pid {}", std::process::id());
+        let mut waited = Duration::ZERO;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    let mut holder = String::new();
+                    let _ = file.rewind();
+                    let _ = file.read_to_string(&mut holder);
+                    let holder = holder.trim().to_owned();
+                    // A lock this process released a moment ago can still look held by
+                    // itself: a child being spawned shares the lock's open file until it
+                    // execs. Give that instant time to pass; any other holder fails at once.
+                    if holder == ours && waited < SELF_RELEASE_GRACE {
+                        std::thread::sleep(RETRY_EVERY);
+                        waited += RETRY_EVERY;
+                        continue;
+                    }
+                    return Err(DbError::Locked {
+                        dir: dir.to_owned(),
+                        holder,
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(io_err("lock")(e)),
             }
-            Err(TryLockError::Error(e)) => return Err(io_err("lock")(e)),
         }
         // Record who holds it, for the next process's error message.
         file.set_len(0)
