@@ -452,7 +452,7 @@ fn ttl_ms(ttl: Duration) -> u64 {
 }
 
 /// `http://host:port[/prefix]` without a trailing slash, from what a person types.
-fn normalize_base(input: &str) -> Result<String, ClientError> {
+pub fn normalize_base(input: &str) -> Result<String, ClientError> {
     let bad = |reason: &str| ClientError::BadAddress {
         addr: input.to_owned(),
         reason: reason.to_owned(),

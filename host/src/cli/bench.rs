@@ -359,27 +359,10 @@ struct Target {
 
 impl Target {
     fn parse(addr: &str) -> Result<Target> {
-        let trimmed = addr.trim();
-        let with_scheme = if trimmed.contains("://") {
-            trimmed.to_owned()
-        } else {
-            format!("http://{trimmed}")
-        };
-        let uri: Uri = with_scheme
-            .parse()
-            .with_context(|| format!("bad address {addr:?}"))?;
-        ensure!(
-            uri.scheme_str() == Some("http"),
-            "bad address {addr:?}: only http:// is supported"
-        );
-        ensure!(
-            uri.query().is_none(),
-            "bad address {addr:?}: a node address takes no query string"
-        );
-        let authority = uri
-            .authority()
-            .filter(|a| !a.host().is_empty())
-            .ok_or_else(|| anyhow!("bad address {addr:?}: no host"))?;
+        // The client's rules for what an address may be, so both accept the same ones.
+        let base = wasmkv::client::normalize_base(addr)?;
+        let uri: Uri = base.parse().context("normalized address")?;
+        let authority = uri.authority().context("normalized address has a host")?;
         let connect_to = match authority.port_u16() {
             Some(_) => authority.as_str().to_owned(),
             None => format!("{}:80", authority.host()),
