@@ -202,7 +202,7 @@ impl Db {
             opts.wal.clone(),
             report.snapshot_lsn,
             |record| {
-                apply::apply(&engine, record.lsn, &record.command);
+                apply::apply(&engine, record.lsn, record.command);
                 progress.tick();
             },
         )?;

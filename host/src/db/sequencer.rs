@@ -139,7 +139,9 @@ impl Sequencer {
             plan.entries_delta +=
                 i64::from(after != KeyState::Absent) - i64::from(before != KeyState::Absent);
             plan.memory_delta += after.cost() as i64 - before.cost() as i64;
-            plan.states.push((key.clone(), after));
+            // A copy, not a clone: a clone of the command's key would leave a shared header on
+            // the key the engine ends up storing (see `storage::detach`).
+            plan.states.push((Bytes::copy_from_slice(key), after));
         };
         let set_state = |key: &Bytes, value: &Bytes, expires_at_ms: u64| KeyState::Present {
             version: 0,
@@ -181,7 +183,6 @@ impl Sequencer {
         let mut last = None;
         while self.pending.front().is_some_and(|r| r.lsn <= committed_lsn) {
             let record = self.pending.pop_front().expect("checked");
-            apply::apply(engine, record.lsn, &record.command);
             self.entries_delta -= record.entries_delta;
             self.memory_delta -= record.memory_delta;
             record.command.for_each_mutation(|mutation| {
@@ -194,6 +195,7 @@ impl Sequencer {
                     self.overlay.remove(key);
                 }
             });
+            apply::apply(engine, record.lsn, record.command);
             last = Some(record.lsn);
         }
         last

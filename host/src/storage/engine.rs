@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use bytes::Bytes;
 use foldhash::fast::RandomState;
 
-use super::entry::{AccessClock, entry_cost};
+use super::entry::{AccessClock, detach, entry_cost};
 use super::shard::{Replaced, Shard, ShardData};
 
 /// Upper bound on the shard count: beyond it shards only cost memory and iteration time.
@@ -101,7 +101,7 @@ impl Engine {
         let entry = data.get(key).filter(|e| !e.is_expired(now_ms))?;
         entry.touch(tick);
         Some(Item {
-            value: entry.value.clone(),
+            value: detach(&entry.value),
             version: entry.version,
             expires_at_ms: entry.expires_at_ms,
         })
@@ -212,8 +212,8 @@ impl Engine {
         for shard in &self.shards {
             chunk.clear();
             chunk.extend(shard.0.read().iter().map(|(key, entry)| SnapshotEntry {
-                key: key.clone(),
-                value: entry.value.clone(),
+                key: detach(key),
+                value: detach(&entry.value),
                 expires_at_ms: entry.expires_at_ms,
                 version: entry.version,
             }));

@@ -34,6 +34,24 @@ pub fn entry_cost(key_len: usize, value_len: usize) -> u64 {
         .saturating_add(ENTRY_OVERHEAD)
 }
 
+/// Bytes at or below this length are copied when they leave the engine; longer ones are shared.
+const DETACH_COPY_MAX: usize = 4096;
+
+/// A handle on stored bytes for use outside the engine (a read, a snapshot, a candidate).
+///
+/// Cloning a `Bytes` that was built from a `Vec` (as decoded requests are) allocates a shared
+/// header the first time and keeps it for the life of the entry: 32 bytes more per key, for
+/// good, after the first read. Small buffers are therefore copied, which costs a short memcpy
+/// and leaves the stored entry as compact as it was; large ones are shared, where copying would
+/// cost more than the header.
+pub(crate) fn detach(bytes: &Bytes) -> Bytes {
+    if bytes.len() <= DETACH_COPY_MAX {
+        Bytes::copy_from_slice(bytes)
+    } else {
+        bytes.clone()
+    }
+}
+
 /// Length of one access tick. 10 ms is far finer than eviction needs while a `u32` of ticks
 /// still spans 497 days.
 const TICK_MS: u64 = 10;

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use super::engine::Engine;
-use super::entry::{AccessClock, Entry, entry_cost};
+use super::entry::{AccessClock, Entry, detach, entry_cost};
 
 /// A stored entry offered to an eviction policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub struct Candidate {
 impl Candidate {
     fn new(key: &Bytes, entry: &Entry, clock: &AccessClock, tick: u32) -> Self {
         Self {
-            key: key.clone(),
+            key: detach(key),
             size: entry_cost(key.len(), entry.value.len()),
             last_access_ms: clock.wall_ms(entry.access_tick()),
             hits: u32::from(entry.hits(tick)),

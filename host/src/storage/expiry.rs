@@ -8,6 +8,7 @@
 use bytes::Bytes;
 
 use super::engine::Engine;
+use super::entry::detach;
 
 /// Result of [`Engine::sample_expired`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,7 +34,7 @@ impl Engine {
         for (key, entry) in data.sample_ttl(n) {
             sample.sampled += 1;
             if entry.is_expired(now_ms) {
-                sample.expired.push((key.clone(), entry.version));
+                sample.expired.push((detach(key), entry.version));
             }
         }
         sample
