@@ -67,7 +67,9 @@ impl DbError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             DbError::VersionMismatch { .. } => ErrorKind::Aborted,
-            DbError::LimitReached(_) | DbError::DiskReserve { .. } => ErrorKind::ResourceExhausted,
+            DbError::LimitReached(_)
+            | DbError::DiskReserve { .. }
+            | DbError::Wal(WalError::RecordTooLarge { .. }) => ErrorKind::ResourceExhausted,
             DbError::Locked { .. } | DbError::Wal(WalError::Failed(_) | WalError::Closed) => {
                 ErrorKind::Unavailable
             }

@@ -193,6 +193,17 @@ impl Db {
                 engine.set(e.key, e.value, e.expires_at_ms, e.version);
                 progress.tick();
             })?;
+            // The header's LSN is not covered by a checksum; the file name must agree, or a
+            // flipped bit could make recovery skip (or discard) the log after it.
+            if info.lsn != lsn {
+                return Err(DbError::Wal(wal::WalError::CorruptSnapshot {
+                    path,
+                    reason: format!(
+                        "its header says LSN {} but its name says LSN {lsn}",
+                        info.lsn
+                    ),
+                }));
+            }
             report.snapshot_lsn = info.lsn;
             report.snapshot_entries = info.entries;
         }
@@ -512,6 +523,10 @@ impl Inner {
             entries += chunk.len() as u64;
             chunk.iter().try_for_each(|entry| writer.write(entry))
         })?;
+        // The copy may include writes applied while it was taken; with `sync: interval` or
+        // `never` those may not be on disk yet. Sync them first, so a power loss can never
+        // leave a snapshot that is ahead of the log (and LSNs that get reused).
+        self.wal.sync()?;
         let path = writer.finish()?;
         wal::snapshot::remove_older_than(&dir, lsn)?;
         self.snapshot_lsn.store(lsn, Ordering::Relaxed);
@@ -645,5 +660,27 @@ mod tests {
 
         let reopened = Db::open(opts).unwrap();
         assert_eq!(reopened.get(b"k").unwrap().value, "durable");
+    }
+
+    #[test]
+    fn a_snapshot_whose_header_disagrees_with_its_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DbOptions::new(dir.path(), SyncPolicy::Never);
+        opts.disk_reserve = 0;
+        let db = Db::open(opts.clone()).unwrap();
+        db.set(Bytes::from("k"), Bytes::from("v"), SetOptions::default())
+            .unwrap();
+        let info = db.snapshot().unwrap();
+        drop(db);
+        let snap = snap_dir(dir.path());
+        std::fs::rename(
+            wal::snapshot::snapshot_path(&snap, info.lsn),
+            wal::snapshot::snapshot_path(&snap, info.lsn + 1_000_000),
+        )
+        .unwrap();
+        let err = Db::open(opts)
+            .err()
+            .expect("a mismatched snapshot must be refused");
+        assert!(err.to_string().contains("its name says LSN"), "{err}");
     }
 }

@@ -24,7 +24,10 @@ pub enum WalError {
         lsn: u64,
         reason: String,
     },
-    #[error("snapshot {path} is damaged: {reason}. Move it away to recover from the WAL alone")]
+    #[error(
+        "snapshot {path} is damaged: {reason}. Restore it from a backup: the WAL alone no \
+         longer holds what the snapshot folded in"
+    )]
     CorruptSnapshot { path: PathBuf, reason: String },
     #[error(
         "the WAL no longer holds LSN {requested}: the oldest retained record is LSN {oldest} \
@@ -36,6 +39,8 @@ pub enum WalError {
          trusted, restart the node to recover from disk"
     )]
     Failed(String),
+    #[error("a record of {bytes} bytes is larger than the WAL allows ({max}); split the write")]
+    RecordTooLarge { bytes: usize, max: usize },
     #[error("the WAL is closed")]
     Closed,
 }

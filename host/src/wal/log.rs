@@ -126,6 +126,21 @@ impl Wal {
         let mut segments = recovered.segments;
         let mut last_lsn = recovered.last_lsn;
         let mut tail_len = recovered.tail_len;
+        if let Some(first) = segments.first()
+            && last_lsn >= after_lsn
+            && first.first_lsn > after_lsn + 1
+        {
+            return Err(WalError::Corrupt {
+                path: first.path.clone(),
+                offset: 0,
+                lsn: after_lsn + 1,
+                reason: format!(
+                    "the snapshot ends at LSN {after_lsn} but the log starts at LSN {}: the \
+                     records between them are missing",
+                    first.first_lsn
+                ),
+            });
+        }
         if last_lsn < after_lsn {
             // The snapshot is newer than the whole log (the log was repaired or fully folded
             // into it): the old segments hold nothing recovery needs and would leave an LSN gap.
@@ -222,7 +237,17 @@ impl Wal {
             return Err(WalError::Closed);
         }
         let lsn = pending.next_lsn;
+        let start = pending.buf.len();
         record::encode(lsn, timestamp_ms, command, &mut pending.buf);
+        let body = pending.buf.len() - start - record::FRAME_HEADER;
+        if body > record::MAX_BODY {
+            // Recovery would refuse such a record, so it is never written.
+            pending.buf.truncate(start);
+            return Err(WalError::RecordTooLarge {
+                bytes: body,
+                max: record::MAX_BODY,
+            });
+        }
         pending.next_lsn += 1;
         Ok(lsn)
     }
@@ -309,8 +334,8 @@ impl Wal {
         LogReader::new(segments, after_lsn, self.committed_lsn())
     }
 
-    /// Replication sets this to the lowest LSN a connected replica still needs; segments at or
-    /// above it are kept even when a snapshot covers them.
+    /// Replication sets this to the lowest LSN a connected replica still needs; the segments
+    /// holding it and everything after are kept even when a snapshot covers them.
     pub fn set_retention_floor(&self, lsn: u64) {
         self.shared.retention_floor.store(lsn, Ordering::Release);
     }
@@ -318,23 +343,39 @@ impl Wal {
     /// Remove the segments that hold only records at or below `lsn` (covered by a snapshot)
     /// and below the retention floor. The segment being written is never removed.
     pub fn remove_segments_through(&self, lsn: u64) -> Result<Vec<PathBuf>> {
-        let limit = lsn.min(self.shared.retention_floor.load(Ordering::Acquire));
+        // The floor is the lowest LSN still needed, so the segment holding it stays.
+        let floor = self.shared.retention_floor.load(Ordering::Acquire);
+        let limit = lsn.min(floor.saturating_sub(1));
         let mut segments = self.shared.segments.lock();
         let removable = segments
             .windows(2)
             .take_while(|pair| pair[1].first_lsn - 1 <= limit)
             .count();
         let mut removed = Vec::with_capacity(removable);
-        for seg in segments.drain(..removable) {
+        let mut outcome = Ok(());
+        for seg in &segments[..removable] {
             let size = std::fs::metadata(&seg.path).map_or(0, |m| m.len());
-            std::fs::remove_file(&seg.path).map_err(|e| WalError::io("remove", &seg.path, e))?;
+            if let Err(e) = std::fs::remove_file(&seg.path) {
+                // Stop at the first failure; what is still on disk stays listed and readable.
+                outcome = Err(WalError::io("remove", &seg.path, e));
+                break;
+            }
             self.shared.bytes.fetch_sub(size, Ordering::Relaxed);
-            removed.push(seg.path);
+            removed.push(seg.path.clone());
         }
+        segments.drain(..removed.len());
+        drop(segments);
         if !removed.is_empty() {
             segment::sync_dir(&self.shared.dir)?;
         }
-        Ok(removed)
+        outcome.map(|()| removed)
+    }
+
+    /// Write and fdatasync everything appended so far, whatever the sync policy (a snapshot
+    /// must never describe writes the log could lose).
+    pub fn sync(&self) -> Result<()> {
+        let mut active = self.shared.active.lock();
+        self.shared.flush(&mut active, true)
     }
 
     pub fn stats(&self) -> WalStats {
@@ -403,6 +444,10 @@ impl Shared {
 
     /// Write out everything appended so far, then fdatasync if asked. Runs under the I/O lock.
     fn flush(&self, active: &mut Active, sync: bool) -> Result<()> {
+        // Checked again here, under the I/O lock: a writer that passed the check before an
+        // earlier leader failed must not write after the records that failure dropped (an LSN
+        // gap) nor fsync and report as durable what was never written.
+        self.check_usable()?;
         let (mut buf, last) = {
             let mut pending = self.pending.lock();
             let buf = std::mem::replace(&mut pending.buf, std::mem::take(&mut active.spare));
@@ -424,9 +469,10 @@ impl Shared {
         }
         buf.clear();
         active.spare = buf;
-        if sync && self.durable_lsn.load(Ordering::Acquire) < last {
+        let written = self.written_lsn.load(Ordering::Acquire);
+        if sync && self.durable_lsn.load(Ordering::Acquire) < written {
             self.sync_file(&active.file, &active.path)?;
-            self.durable_lsn.fetch_max(last, Ordering::AcqRel);
+            self.durable_lsn.fetch_max(written, Ordering::AcqRel);
         }
         Ok(())
     }

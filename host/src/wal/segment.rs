@@ -35,7 +35,8 @@ pub fn list(dir: &Path) -> Result<Vec<SegmentMeta>> {
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
             continue;
         };
-        if let Ok(first_lsn) = stem.parse::<u64>() {
+        // LSNs start at 1: a segment named 0 is not one of ours.
+        if let Some(first_lsn) = stem.parse::<u64>().ok().filter(|&lsn| lsn > 0) {
             segments.push(SegmentMeta {
                 first_lsn,
                 path: entry.path(),

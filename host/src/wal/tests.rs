@@ -287,3 +287,53 @@ fn a_failed_write_is_sticky_and_leaves_no_partial_record() {
     drop(wal);
     assert_eq!(lsns(&replay(dir.path()).unwrap()), vec![1, 2, 3]);
 }
+
+#[test]
+fn a_log_that_starts_after_the_snapshot_is_a_gap_not_a_fresh_start() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 200, 1024);
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 1024), 0, |_| {}).unwrap();
+    wal.remove_segments_through(150).unwrap();
+    drop(wal);
+    // As if the snapshot that covered LSNs 1..150 were lost: the log alone is not enough.
+    let Err(err) = Wal::open(dir.path(), WalOptions::default(), 0, |_| {}) else {
+        panic!("a log with a gap after the snapshot opened");
+    };
+    assert!(matches!(err, WalError::Corrupt { lsn: 1, .. }), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[test]
+fn a_record_too_large_to_recover_is_refused_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 1 << 20), 0, |_| {}).unwrap();
+    let huge = Command::Set {
+        key: Bytes::from_static(b"k"),
+        value: Bytes::from(vec![0u8; record::MAX_BODY]),
+        expires_at_ms: 0,
+    };
+    let err = wal.append(0, &huge).unwrap_err();
+    assert!(matches!(err, WalError::RecordTooLarge { .. }), "{err}");
+    let lsn = wal.append(0, &set(1)).unwrap();
+    assert_eq!(lsn, 1);
+    wal.commit(lsn).unwrap();
+    drop(wal);
+    assert_eq!(lsns(&replay(dir.path()).unwrap()), vec![1]);
+}
+
+#[test]
+fn the_retention_floor_keeps_the_segment_holding_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 200, 1024);
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 1024), 0, |_| {}).unwrap();
+    let floor = segment::list(dir.path()).unwrap()[3].first_lsn;
+    wal.set_retention_floor(floor);
+    wal.remove_segments_through(u64::MAX).unwrap();
+    assert_eq!(segment::list(dir.path()).unwrap()[0].first_lsn, floor);
+    let read: Vec<u64> = wal
+        .read_from(floor - 1)
+        .unwrap()
+        .map(|r| r.unwrap().lsn)
+        .collect();
+    assert_eq!(read.first(), Some(&floor));
+}
