@@ -15,7 +15,6 @@ use tokio::task::JoinHandle;
 use crate::api::{ApiState, Limits, server};
 use crate::config::Config;
 use crate::db::{Db, DbError};
-use crate::wal::SyncPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -58,14 +57,11 @@ impl Node {
             source,
         })?;
         let opts = config.db_options();
-        let state = Arc::new(ApiState::new(
-            Limits {
-                max_key_bytes: config.limits.max_key_bytes as usize,
-                max_value_bytes: config.limits.max_value_bytes as usize,
-                max_request_bytes: config.limits.max_request_bytes as usize,
-            },
-            opts.wal.sync == SyncPolicy::Always,
-        ));
+        let state = Arc::new(ApiState::new(Limits {
+            max_key_bytes: config.limits.max_key_bytes as usize,
+            max_value_bytes: config.limits.max_value_bytes as usize,
+            max_request_bytes: config.limits.max_request_bytes as usize,
+        }));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(server::serve(listener, Arc::clone(&state), async {
             let _ = stopped.await;

@@ -68,7 +68,9 @@ pub async fn set(state: &Arc<ApiState>, req: SetRequest) -> Result<SetResponse, 
         if_version: req.if_version,
     };
     let lsn = state
-        .write(move |db| db.set(req.key, req.value, opts))
+        .db()?
+        .submit_set(req.key, req.value, opts)?
+        .wait_async()
         .await?;
     Ok(SetResponse { lsn })
 }
@@ -78,7 +80,7 @@ pub async fn delete(
     req: DeleteRequest,
 ) -> Result<DeleteResponse, ConnectError> {
     state.limits.check_key(&req.key)?;
-    let outcome = state.write(move |db| db.delete(req.key)).await?;
+    let outcome = state.db()?.submit_delete(req.key)?.wait_async().await?;
     Ok(DeleteResponse {
         found: outcome.found,
         lsn: outcome.lsn,
@@ -106,7 +108,7 @@ pub async fn write(
                 .map_err(|e| ConnectError::new(e.code, format!("mutation {i}: {}", e.message)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let lsn = state.write(move |db| db.write(mutations)).await?;
+    let lsn = state.db()?.submit_write(mutations)?.wait_async().await?;
     Ok(WriteResponse { lsn })
 }
 

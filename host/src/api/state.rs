@@ -61,24 +61,18 @@ pub struct ApiState {
     pub limits: Limits,
     pub metrics: Metrics,
     pub started: Instant,
-    /// Writes wait only for a `write(2)` (sync interval/never), short enough to run on the
-    /// async workers: handing each one to the blocking pool would cost more than the write.
-    writes_inline: bool,
     /// Set when the node begins shutting down, so long-lived streams end promptly.
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl ApiState {
-    /// `writes_wait_for_fsync`: the WAL's sync policy is `always`, so a write may wait
-    /// milliseconds and must leave the async workers.
-    pub fn new(limits: Limits, writes_wait_for_fsync: bool) -> Self {
+    pub fn new(limits: Limits) -> Self {
         let store = Arc::new(OnceLock::new());
         ApiState {
             metrics: Metrics::new(Arc::clone(&store)),
             store,
             limits,
             started: Instant::now(),
-            writes_inline: !writes_wait_for_fsync,
             shutdown: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -96,18 +90,6 @@ impl ApiState {
         self.store.get().ok_or_else(|| {
             ConnectError::unavailable("the node is recovering its data; retry shortly")
         })
-    }
-
-    /// Run a write: inline when it waits only for a `write(2)`, else like `blocking`.
-    pub async fn write<T: Send + 'static>(
-        self: &Arc<Self>,
-        call: impl FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
-    ) -> Result<T, ConnectError> {
-        if self.writes_inline {
-            Ok(call(self.db()?)?)
-        } else {
-            self.blocking(call).await
-        }
     }
 
     /// Run a store call that may block (fsync, snapshot, log reads) off the async workers.

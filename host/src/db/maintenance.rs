@@ -1,4 +1,5 @@
-//! The store's background thread: active expiry ten times a second, a free-disk-space reading
+//! The store's background thread: applying committed writes nobody waited for, active
+//! expiry ten times a second, a free-disk-space reading
 //! every second, and an automatic snapshot once enough WAL has accumulated since the last one.
 
 use std::sync::Arc;
@@ -47,6 +48,9 @@ pub fn spawn(inner: Arc<Inner>) -> std::io::Result<JoinHandle<()>> {
 fn run(inner: &Arc<Inner>) {
     let mut last_disk_check = Instant::now();
     while inner.stop.sleep(TICK) {
+        // A write whose async waiter went away (a client deadline) is committed by the WAL's
+        // flusher but applied by nobody; make it visible here at the latest.
+        inner.apply_committed();
         if inner.wal.failure().is_some() {
             continue;
         }

@@ -271,34 +271,63 @@ impl Db {
 
     /// Set `key`; returns the write's LSN (the key's new version) once it is committed.
     pub fn set(&self, key: Bytes, value: Bytes, opts: SetOptions) -> Result<u64, DbError> {
+        self.submit_set(key, value, opts)?.wait()
+    }
+
+    /// Delete `key`. Deleting a missing key logs nothing.
+    pub fn delete(&self, key: Bytes) -> Result<DeleteOutcome, DbError> {
+        self.submit_delete(key)?.wait()
+    }
+
+    /// Apply all `mutations` atomically, as one WAL record: all or none.
+    pub fn write(&self, mutations: Vec<Mutation>) -> Result<u64, DbError> {
+        self.submit_write(mutations)?.wait()
+    }
+
+    /// `set`, split in two: the write is checked and logged now, and the returned
+    /// [`Submitted`] waits for it to commit (blocking, or as a future).
+    pub fn submit_set(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        opts: SetOptions,
+    ) -> Result<Submitted<'_, u64>, DbError> {
         let command = Command::Set {
             key,
             value,
             expires_at_ms: opts.expires_at_ms,
         };
-        self.inner.write(command, opts.if_version)
+        let lsn = self.inner.submit(command, opts.if_version)?;
+        Ok(self.submitted(Some(lsn), lsn))
     }
 
-    /// Delete `key`. Deleting a missing key logs nothing.
-    pub fn delete(&self, key: Bytes) -> Result<DeleteOutcome, DbError> {
-        let lsn = {
-            let mut seq = self.inner.seq.lock();
-            let now = now_ms();
-            if seq.state(&self.inner.engine, &key, now).version(now) == 0 {
-                return Ok(DeleteOutcome {
-                    found: false,
-                    lsn: self.applied_lsn(),
-                });
-            }
-            self.inner.append(&mut seq, Command::Delete { key }, now)?
-        };
-        self.inner.finish(lsn)?;
-        Ok(DeleteOutcome { found: true, lsn })
+    /// `delete`, split in two like [`Db::submit_set`].
+    pub fn submit_delete(&self, key: Bytes) -> Result<Submitted<'_, DeleteOutcome>, DbError> {
+        let mut seq = self.inner.seq.lock();
+        let now = now_ms();
+        if seq.state(&self.inner.engine, &key, now).version(now) == 0 {
+            let outcome = DeleteOutcome {
+                found: false,
+                lsn: self.applied_lsn(),
+            };
+            return Ok(self.submitted(None, outcome));
+        }
+        let lsn = self.inner.append(&mut seq, Command::Delete { key }, now)?;
+        Ok(self.submitted(Some(lsn), DeleteOutcome { found: true, lsn }))
     }
 
-    /// Apply all `mutations` atomically, as one WAL record: all or none.
-    pub fn write(&self, mutations: Vec<Mutation>) -> Result<u64, DbError> {
-        self.inner.write(Command::Batch(mutations), None)
+    /// `write`, split in two like [`Db::submit_set`].
+    pub fn submit_write(&self, mutations: Vec<Mutation>) -> Result<Submitted<'_, u64>, DbError> {
+        let lsn = self.inner.submit(Command::Batch(mutations), None)?;
+        Ok(self.submitted(Some(lsn), lsn))
+    }
+
+    fn submitted<T>(&self, lsn: Option<u64>, outcome: T) -> Submitted<'_, T> {
+        Submitted {
+            inner: &self.inner,
+            lsn,
+            outcome,
+        }
     }
 
     /// Order-independent digest of the live data, for comparing nodes.
@@ -390,25 +419,50 @@ impl Drop for Db {
     }
 }
 
+/// A write that is logged but not yet committed. `wait` blocks until it is as durable as the
+/// sync policy promises and visible to readers; `wait_async` does the same without holding
+/// a thread while an fsync runs (for async servers).
+#[must_use = "a submitted write is only acknowledged once waited for"]
+pub struct Submitted<'a, T> {
+    inner: &'a Inner,
+    /// None when there was nothing to log (deleting a missing key).
+    lsn: Option<u64>,
+    outcome: T,
+}
+
+impl<T> Submitted<'_, T> {
+    pub fn wait(self) -> Result<T, DbError> {
+        if let Some(lsn) = self.lsn {
+            self.inner.finish(lsn)?;
+        }
+        Ok(self.outcome)
+    }
+
+    pub async fn wait_async(self) -> Result<T, DbError> {
+        if let Some(lsn) = self.lsn {
+            self.inner.wal.commit_async(lsn).await?;
+            self.inner.apply_committed();
+        }
+        Ok(self.outcome)
+    }
+}
+
 impl Inner {
-    fn write(&self, command: Command, if_version: Option<u64>) -> Result<u64, DbError> {
-        let lsn = {
-            let mut seq = self.seq.lock();
-            let now = now_ms();
-            if let (Some(expected), Command::Set { key, .. }) = (if_version, &command) {
-                let actual = seq.state(&self.engine, key, now).version(now);
-                if actual != expected {
-                    return Err(DbError::VersionMismatch {
-                        key: key.clone(),
-                        expected,
-                        actual,
-                    });
-                }
+    /// Check a write's preconditions and log it; returns its LSN (not yet committed).
+    fn submit(&self, command: Command, if_version: Option<u64>) -> Result<u64, DbError> {
+        let mut seq = self.seq.lock();
+        let now = now_ms();
+        if let (Some(expected), Command::Set { key, .. }) = (if_version, &command) {
+            let actual = seq.state(&self.engine, key, now).version(now);
+            if actual != expected {
+                return Err(DbError::VersionMismatch {
+                    key: key.clone(),
+                    expected,
+                    actual,
+                });
             }
-            self.append(&mut seq, command, now)?
-        };
-        self.finish(lsn)?;
-        Ok(lsn)
+        }
+        self.append(&mut seq, command, now)
     }
 
     /// Check the disk reserve, make room under the limits, and append `command` to the log.

@@ -94,6 +94,10 @@ struct Shared {
     /// Followers of a group commit wait here for the leader's flush to finish.
     progress: Mutex<()>,
     progressed: Condvar,
+    /// The durable LSN for async waiters, sent after every flush (and on failure).
+    durable_tx: tokio::sync::watch::Sender<u64>,
+    /// Whether an async commit's flusher is running on the blocking pool.
+    flusher: std::sync::atomic::AtomicBool,
 }
 
 /// Records appended but not yet handed to the OS.
@@ -209,6 +213,8 @@ impl Wal {
             stop: (Mutex::new(false), Condvar::new()),
             progress: Mutex::new(()),
             progressed: Condvar::new(),
+            durable_tx: tokio::sync::watch::Sender::new(last_lsn),
+            flusher: std::sync::atomic::AtomicBool::new(false),
         });
         let syncer = match opts.sync {
             SyncPolicy::Interval(every) => {
@@ -310,6 +316,30 @@ impl Wal {
                 shared
                     .progressed
                     .wait_for(&mut guard, Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// `commit` for async callers. With `sync: always` the task waits on a watch instead of a
+    /// thread: one flusher on the blocking pool writes and fsyncs whatever is appended, again
+    /// and again while more arrives, and wakes every waiting task after each fsync. Other
+    /// policies only wait for a `write(2)`, which `commit` does inline.
+    pub async fn commit_async(&self, lsn: u64) -> Result<()> {
+        if self.shared.opts.sync != SyncPolicy::Always {
+            return self.commit(lsn);
+        }
+        let mut durable = self.shared.durable_tx.subscribe();
+        loop {
+            if self.shared.durable_lsn.load(Ordering::Acquire) >= lsn {
+                return Ok(());
+            }
+            self.shared.check_usable()?;
+            if !self.shared.flusher.swap(true, Ordering::AcqRel) {
+                let shared = Arc::clone(&self.shared);
+                tokio::task::spawn_blocking(move || shared.flush_until_idle());
+            }
+            if durable.changed().await.is_err() {
+                return Err(WalError::Closed);
             }
         }
     }
@@ -475,6 +505,28 @@ impl Shared {
             self.durable_lsn.fetch_max(written, Ordering::AcqRel);
         }
         Ok(())
+    }
+
+    /// The async flusher: flush and fsync until nothing is left, waking waiters after each.
+    fn flush_until_idle(&self) {
+        loop {
+            {
+                let mut active = self.active.lock();
+                // A failure is sticky and recorded; the waiters see it when they wake.
+                let _ = self.flush(&mut active, true);
+            }
+            drop(self.progress.lock());
+            self.progressed.notify_all();
+            self.durable_tx
+                .send_replace(self.durable_lsn.load(Ordering::Acquire));
+            self.flusher.store(false, Ordering::Release);
+            let behind =
+                self.pending.lock().next_lsn - 1 > self.durable_lsn.load(Ordering::Acquire);
+            if self.failure.get().is_some() || !behind || self.flusher.swap(true, Ordering::AcqRel)
+            {
+                return;
+            }
+        }
     }
 
     /// Seal the active segment (synced, so sealed segments are always durable) and start a new
