@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Result, ensure};
 
 use super::Plan;
-use super::redis::{self, Benchmark, Redis, row};
+use super::redis::{self, BenchRow, Benchmark, Redis, row};
 use super::report::{Better, Table, Unit};
 use super::wasmkv::{BenchResult, Load, Node, Wasmkv};
 
@@ -133,6 +133,29 @@ fn bench(connections: u32, pipeline: u32, tests: &str, keys: u64) -> Benchmark<'
     }
 }
 
+/// redis-benchmark's GET run, then its SET run, against the preloaded `r` with `pipeline`
+/// commands in flight per connection: `announce` says which, `record` files each result, and
+/// the key space is checked after each run.
+fn redis_get_set(
+    r: &Redis,
+    plan: &Plan,
+    pipeline: u32,
+    t: &mut Table,
+    announce: impl Fn(&str),
+    record: impl Fn(&mut Table, &str, &BenchRow),
+) -> Result<()> {
+    for op in ["GET", "SET"] {
+        let test = op.to_lowercase();
+        announce(&test);
+        let rows = bench(CONNECTIONS, pipeline, &test, plan.keys).run(r, plan, &mut t.commands)?;
+        let b = row(&rows, op)?;
+        result(b.summary());
+        record(t, op, b);
+        same_key_space(r, plan.keys)?;
+    }
+    Ok(())
+}
+
 /// A persistence level, as set on each side.
 struct Variant {
     name: &'static str,
@@ -223,25 +246,25 @@ fn get_set(plan: &Plan, wasmkv: &Wasmkv) -> Result<Table> {
             );
             let r = Redis::start(&tmp.path().join("redis"), persistence, &mut t.commands)?;
             redis_load(&r, plan.keys, &mut t)?;
-            for op in ["GET", "SET"] {
-                say(
-                    LABEL,
-                    round,
-                    plan,
-                    &format!("redis-benchmark -t {} ({name})", op.to_lowercase()),
-                );
-                let rows = bench(CONNECTIONS, 1, &op.to_lowercase(), plan.keys).run(
-                    &r,
-                    plan,
-                    &mut t.commands,
-                )?;
-                let b = row(&rows, op)?;
-                result(b.summary());
-                t.theirs(&format!("{name}: {op} ops/s"), b.rps);
-                t.theirs(&format!("{name}: {op} p50"), b.p50_us);
-                t.theirs(&format!("{name}: {op} p99"), b.p99_us);
-                same_key_space(&r, plan.keys)?;
-            }
+            redis_get_set(
+                &r,
+                plan,
+                1,
+                &mut t,
+                |op| {
+                    say(
+                        LABEL,
+                        round,
+                        plan,
+                        &format!("redis-benchmark -t {op} ({name})"),
+                    )
+                },
+                |t, op, b| {
+                    t.theirs(&format!("{name}: {op} ops/s"), b.rps);
+                    t.theirs(&format!("{name}: {op} p50"), b.p50_us);
+                    t.theirs(&format!("{name}: {op} p99"), b.p99_us);
+                },
+            )?;
             r.stop()?;
         }
     }
@@ -289,24 +312,24 @@ fn batched(plan: &Plan, wasmkv: &Wasmkv) -> Result<Table> {
         say(LABEL, round, plan, "Redis: start, load 100k keys");
         let r = Redis::start(&tmp.path().join("redis"), NO_PERSISTENCE, &mut t.commands)?;
         redis_load(&r, plan.keys, &mut t)?;
-        for op in ["GET", "SET"] {
-            say(
-                LABEL,
-                round,
-                plan,
-                &format!("redis-benchmark -P 16 -t {}", op.to_lowercase()),
-            );
-            let rows = bench(CONNECTIONS, 16, &op.to_lowercase(), plan.keys).run(
-                &r,
-                plan,
-                &mut t.commands,
-            )?;
-            let b = row(&rows, op)?;
-            result(b.summary());
-            t.theirs(&format!("{op} keys/s"), b.rps);
-            t.theirs(&format!("{op} p99"), b.p99_us);
-            same_key_space(&r, plan.keys)?;
-        }
+        redis_get_set(
+            &r,
+            plan,
+            16,
+            &mut t,
+            |op| {
+                say(
+                    LABEL,
+                    round,
+                    plan,
+                    &format!("redis-benchmark -P 16 -t {op}"),
+                )
+            },
+            |t, op, b| {
+                t.theirs(&format!("{op} keys/s"), b.rps);
+                t.theirs(&format!("{op} p99"), b.p99_us);
+            },
+        )?;
         r.stop()?;
     }
     Ok(t)
