@@ -66,7 +66,11 @@ impl LogReader {
                     {
                         WalError::Trimmed {
                             requested: self.next_lsn,
-                            oldest: self.next_lsn + 1,
+                            // At best the next segment's start: the removal may have gone further.
+                            oldest: self
+                                .segments
+                                .get(self.index + 1)
+                                .map_or(self.up_to + 1, |next| next.first_lsn),
                         }
                     }
                     other => other,

@@ -337,3 +337,21 @@ fn the_retention_floor_keeps_the_segment_holding_it() {
         .collect();
     assert_eq!(read.first(), Some(&floor));
 }
+
+#[test]
+fn a_reader_whose_segment_is_removed_meanwhile_reports_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 200, 1024);
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 1024), 0, |_| {}).unwrap();
+    let reader = wal.read_from(0).unwrap();
+    let second = segment::list(dir.path()).unwrap()[1].first_lsn;
+    wal.remove_segments_through(second - 1).unwrap();
+    let err = reader
+        .map(|r| r.map(|record| record.lsn))
+        .find_map(Result::err)
+        .expect("the removed segment cannot be read");
+    assert!(
+        matches!(err, WalError::Trimmed { requested: 1, oldest } if oldest == second),
+        "{err}"
+    );
+}
