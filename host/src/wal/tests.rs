@@ -25,7 +25,7 @@ fn options(sync: SyncPolicy, max_file_size: u64) -> WalOptions {
 }
 
 /// Write `n` records (LSN i carries `set(i)`) and close the log.
-fn write_log(dir: &Path, n: u64, max_file_size: u64) {
+pub(super) fn write_log(dir: &Path, n: u64, max_file_size: u64) {
     let wal = Wal::open(dir, options(SyncPolicy::Never, max_file_size), 0, |_| {}).unwrap();
     for i in 1..=n {
         let lsn = wal.append(i, &set(i)).unwrap();
@@ -48,7 +48,7 @@ fn lsns(records: &[Record]) -> Vec<u64> {
     records.iter().map(|r| r.lsn).collect()
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn segments(dir: &Path) -> Vec<PathBuf> {
     segment::list(dir)
         .unwrap()
         .into_iter()

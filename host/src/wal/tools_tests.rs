@@ -4,39 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-
+use super::tests::{segments, write_log};
 use super::*;
-
-fn set(i: u64) -> Command {
-    Command::Set {
-        key: Bytes::from(format!("key-{i}")),
-        value: Bytes::from(format!("value-{i}")),
-        expires_at_ms: 0,
-    }
-}
-
-/// Write `n` records (LSN i carries `set(i)`) in segments of about `max_file_size` bytes.
-fn write_log(dir: &Path, n: u64, max_file_size: u64) {
-    let options = WalOptions {
-        sync: SyncPolicy::Never,
-        max_file_size,
-    };
-    let wal = Wal::open(dir, options, 0, |_| {}).unwrap();
-    for i in 1..=n {
-        let lsn = wal.append(i, &set(i)).unwrap();
-        wal.commit(lsn).unwrap();
-    }
-    wal.close().unwrap();
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    segment::list(dir)
-        .unwrap()
-        .into_iter()
-        .map(|s| s.path)
-        .collect()
-}
 
 /// Every file of the directory with its contents, to prove nothing was touched.
 fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
