@@ -190,7 +190,7 @@ impl Db {
             tracing::info!(snapshot = %path.display(), lsn, "loading snapshot");
             let mut progress = Progress::new("snapshot entries loaded");
             let info = wal::snapshot::load(&path, |e| {
-                engine.set(e.key, e.value, e.expires_at_ms, e.version);
+                engine.set(&e.key, &e.value, e.expires_at_ms, e.version);
                 progress.tick();
             })?;
             // The header's LSN is not covered by a checksum; the file name must agree, or a
@@ -213,7 +213,7 @@ impl Db {
             opts.wal.clone(),
             report.snapshot_lsn,
             |record| {
-                apply::apply(&engine, record.lsn, record.command);
+                apply::apply(&engine, record.lsn, &record.command);
                 progress.tick();
             },
         )?;

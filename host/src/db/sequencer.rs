@@ -195,7 +195,7 @@ impl Sequencer {
                     self.overlay.remove(key);
                 }
             });
-            apply::apply(engine, record.lsn, record.command);
+            apply::apply(engine, record.lsn, &record.command);
             last = Some(record.lsn);
         }
         last

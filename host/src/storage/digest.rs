@@ -71,7 +71,12 @@ mod tests {
     #[test]
     fn one_entry_hashes_its_documented_encoding() {
         let e = engine(4);
-        e.set(Bytes::from_static(b"ab"), Bytes::from_static(b"xyz"), 9, 1);
+        e.set(
+            &Bytes::from_static(b"ab"),
+            &Bytes::from_static(b"xyz"),
+            9,
+            1,
+        );
         let mut encoding = Vec::new();
         encoding.extend_from_slice(&2u64.to_le_bytes());
         encoding.extend_from_slice(b"ab");
@@ -97,23 +102,23 @@ mod tests {
         let (a, b) = (engine(1), engine(64));
         for i in 0..1_000 {
             a.set(
-                key(i),
-                Bytes::from(vec![i as u8; i as usize % 50]),
+                &key(i),
+                &Bytes::from(vec![i as u8; i as usize % 50]),
                 u64::from(i % 3) * 10_000,
                 1,
             );
         }
         for i in (0..1_000).rev() {
             b.set(
-                key(i),
-                Bytes::from(vec![i as u8; i as usize % 50]),
+                &key(i),
+                &Bytes::from(vec![i as u8; i as usize % 50]),
                 u64::from(i % 3) * 10_000,
                 99,
             );
         }
         // Writes that were overwritten later leave no trace.
-        b.set(key(5), Bytes::from_static(b"old"), 0, 100);
-        b.set(key(5), Bytes::from(vec![5u8; 5]), 20_000, 101);
+        b.set(&key(5), &Bytes::from_static(b"old"), 0, 100);
+        b.set(&key(5), &Bytes::from(vec![5u8; 5]), 20_000, 101);
         assert_eq!(a.digest(0), b.digest(0));
         assert_eq!(a.digest(0).keys, 1_000);
     }
@@ -122,12 +127,12 @@ mod tests {
     fn one_different_value_changes_the_digest() {
         let (a, b) = (engine(8), engine(8));
         for i in 0..100 {
-            a.set(key(i), Bytes::from_static(b"v"), 0, 1);
-            b.set(key(i), Bytes::from_static(b"v"), 0, 1);
+            a.set(&key(i), &Bytes::from_static(b"v"), 0, 1);
+            b.set(&key(i), &Bytes::from_static(b"v"), 0, 1);
         }
-        b.set(key(42), Bytes::from_static(b"w"), 0, 2);
+        b.set(&key(42), &Bytes::from_static(b"w"), 0, 2);
         assert_ne!(a.digest(0).hash, b.digest(0).hash);
-        b.set(key(42), Bytes::from_static(b"v"), 7_000, 3);
+        b.set(&key(42), &Bytes::from_static(b"v"), 7_000, 3);
         assert_ne!(
             a.digest(0).hash,
             b.digest(0).hash,
@@ -138,9 +143,9 @@ mod tests {
     #[test]
     fn expired_entries_are_excluded() {
         let (a, b) = (engine(8), engine(8));
-        a.set(key(1), Bytes::from_static(b"v"), 0, 1);
-        b.set(key(1), Bytes::from_static(b"v"), 0, 1);
-        b.set(key(2), Bytes::from_static(b"gone"), 500, 2);
+        a.set(&key(1), &Bytes::from_static(b"v"), 0, 1);
+        b.set(&key(1), &Bytes::from_static(b"v"), 0, 1);
+        b.set(&key(2), &Bytes::from_static(b"gone"), 500, 2);
         assert_ne!(a.digest(499), b.digest(499));
         assert_eq!(a.digest(500), b.digest(500));
         assert_eq!(b.digest(500).keys, 1);

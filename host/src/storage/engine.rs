@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use bytes::Bytes;
 use foldhash::fast::RandomState;
 
-use super::entry::{AccessClock, detach, entry_cost};
+use super::entry::{AccessClock, entry_cost};
 use super::shard::{Replaced, Shard, ShardData};
 
 /// Upper bound on the shard count: beyond it shards only cost memory and iteration time.
@@ -101,7 +101,7 @@ impl Engine {
         let entry = data.get(key).filter(|e| !e.is_expired(now_ms))?;
         entry.touch(tick);
         Some(Item {
-            value: detach(&entry.value),
+            value: Bytes::copy_from_slice(entry.value()),
             version: entry.version,
             expires_at_ms: entry.expires_at_ms,
         })
@@ -115,27 +115,27 @@ impl Engine {
         Some(Peek {
             version: entry.version,
             expires_at_ms: entry.expires_at_ms,
-            cost: entry_cost(key.len(), entry.value.len()),
+            cost: entry.cost(),
         })
     }
 
     /// Inserts or overwrites `key`, expired or not. Returns true if the key was not stored at
     /// all (an expired entry still counts as stored). `expires_at_ms` 0 means no expiry.
-    pub fn set(&self, key: Bytes, value: Bytes, expires_at_ms: u64, version: u64) -> bool {
+    pub fn set(&self, key: &[u8], value: &[u8], expires_at_ms: u64, version: u64) -> bool {
         self.set_at(key, value, expires_at_ms, version, self.clock.now_tick())
     }
 
     /// [`Engine::set`] with the access tick given, so tests can age entries deterministically.
     pub(super) fn set_at(
         &self,
-        key: Bytes,
-        value: Bytes,
+        key: &[u8],
+        value: &[u8],
         expires_at_ms: u64,
         version: u64,
         tick: u32,
     ) -> bool {
         let cost = entry_cost(key.len(), value.len());
-        let mut data = self.shard_of(&key).0.write();
+        let mut data = self.shard_of(key).0.write();
         // Counters change under the shard lock, so a concurrent clear() of this shard never
         // subtracts a cost that was not added yet (the counter would wrap below zero).
         match data.set(key, value, expires_at_ms, version, tick) {
@@ -200,7 +200,7 @@ impl Engine {
     }
 
     /// Visits every stored entry (expired ones included), shard by shard: each non-empty shard
-    /// is copied out (cheap `Bytes` clones) under its read lock and `f` gets that chunk after
+    /// is copied out under its read lock and `f` gets that chunk after
     /// the lock is released, so a slow consumer (a snapshot writer doing I/O) never blocks
     /// writers. Entries written during the visit may or may not be seen; each key is seen at
     /// most once, with the state it had when its shard was copied. Stops at `f`'s first error.
@@ -211,9 +211,9 @@ impl Engine {
         let mut chunk = Vec::new();
         for shard in &self.shards {
             chunk.clear();
-            chunk.extend(shard.0.read().iter().map(|(key, entry)| SnapshotEntry {
-                key: detach(key),
-                value: detach(&entry.value),
+            chunk.extend(shard.0.read().iter().map(|entry| SnapshotEntry {
+                key: Bytes::copy_from_slice(entry.key()),
+                value: Bytes::copy_from_slice(entry.value()),
                 expires_at_ms: entry.expires_at_ms,
                 version: entry.version,
             }));
@@ -309,10 +309,10 @@ mod tests {
     fn set_get_overwrite_delete() {
         let e = engine(4);
         assert_eq!(e.get(b"k", 0), None);
-        assert!(e.set(b("k"), b("v1"), 0, 1));
+        assert!(e.set(&b("k"), &b("v1"), 0, 1));
         assert_eq!(e.get(b"k", 0), Some(item("v1", 1, 0)));
         assert!(
-            !e.set(b("k"), b("v2"), 500, 2),
+            !e.set(&b("k"), &b("v2"), 500, 2),
             "an overwrite is not an insert"
         );
         assert_eq!(e.get(b"k", 0), Some(item("v2", 2, 500)));
@@ -327,25 +327,25 @@ mod tests {
         assert_eq!(e.get(b"k", 0), None);
         assert_eq!((e.len(), e.memory()), (0, 0));
         // The API layer validates keys; this layer just stores whatever it is given.
-        assert!(e.set(Bytes::new(), Bytes::new(), 0, 3));
+        assert!(e.set(&Bytes::new(), &Bytes::new(), 0, 3));
         assert_eq!(e.get(b"", 0), Some(item("", 3, 0)));
     }
 
     #[test]
     fn expired_entries_are_hidden_but_stored_until_deleted() {
         let e = engine(4);
-        e.set(b("k"), b("v"), 1_000, 1);
+        e.set(&b("k"), &b("v"), 1_000, 1);
         assert_eq!(e.get(b"k", 999), Some(item("v", 1, 1_000)));
         assert_eq!(e.get(b"k", 1_000), None);
         assert_eq!(e.peek(b"k", 1_000), None);
         assert_eq!(e.len(), 1);
         assert_eq!(e.memory(), entry_cost(1, 1));
         assert!(
-            !e.set(b("k"), b("w"), 0, 2),
+            !e.set(&b("k"), &b("w"), 0, 2),
             "an expired entry still exists"
         );
         assert_eq!(e.get(b"k", u64::MAX), Some(item("w", 2, 0)));
-        e.set(b("k"), b("w"), 5, 3);
+        e.set(&b("k"), &b("w"), 5, 3);
         assert!(e.delete(b"k"));
         assert!(e.is_empty());
     }
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn peek_does_not_count_as_an_access() {
         let e = engine(1);
-        e.set(b("k"), b("v"), 0, 1);
+        e.set(&b("k"), &b("v"), 0, 1);
         for _ in 0..100 {
             e.peek(b"k", 0);
         }
@@ -372,7 +372,7 @@ mod tests {
                 0..=5 => {
                     let value = Bytes::from(vec![1; fastrand::usize(..100)]);
                     let ttl = if fastrand::bool() { i } else { 0 };
-                    let inserted = e.set(key.clone(), value.clone(), ttl, i);
+                    let inserted = e.set(&key.clone(), &value.clone(), ttl, i);
                     assert_eq!(inserted, model.insert(key, value).is_none());
                 }
                 6..=8 => assert_eq!(e.delete(&key), model.remove(&key).is_some()),
@@ -398,7 +398,7 @@ mod tests {
     fn for_each_chunk_sees_every_entry_once_while_another_thread_writes() {
         let e = Arc::new(engine(16));
         for i in 0..10_000 {
-            e.set(Bytes::from(format!("stable-{i}")), b("v"), i % 2, i);
+            e.set(&Bytes::from(format!("stable-{i}")), &b("v"), i % 2, i);
         }
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
@@ -410,7 +410,7 @@ mod tests {
                     if i.is_multiple_of(3) {
                         e.delete(&key);
                     } else {
-                        e.set(key, b("x"), 0, i);
+                        e.set(&key, &b("x"), 0, i);
                     }
                     i += 1;
                 }
@@ -436,7 +436,7 @@ mod tests {
     fn for_each_chunk_stops_at_the_first_error() {
         let e = engine(8);
         for i in 0..100 {
-            e.set(Bytes::from(format!("{i}")), b("v"), 0, i);
+            e.set(&Bytes::from(format!("{i}")), &b("v"), 0, i);
         }
         let mut calls = 0;
         let result = e.for_each_chunk(|_| {
@@ -465,7 +465,7 @@ mod tests {
                             }
                             _ => {
                                 let value = Bytes::from(vec![0; fastrand::usize(..64)]);
-                                e.set(key, value, t * i % 3, t * 100_000 + i);
+                                e.set(&key, &value, t * i % 3, t * 100_000 + i);
                             }
                         }
                     }
@@ -482,7 +482,7 @@ mod tests {
     #[test]
     fn debug_shows_a_summary() {
         let e = engine(2);
-        e.set(b("k"), b("v"), 0, 1);
+        e.set(&b("k"), &b("v"), 0, 1);
         let shown = format!("{e:?}");
         assert!(
             shown.contains("shards: 2") && shown.contains("len: 1"),

@@ -5,26 +5,25 @@
 //! atomics: a lost update between two racing readers only makes the approximation a little
 //! coarser, which eviction by sampling tolerates anyway.
 
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering::Relaxed};
-
-use bytes::Bytes;
 
 /// Approximate bytes one entry costs beyond its key and value bytes.
 ///
-/// Covers, for an entry of a shard's `IndexMap<Bytes, Entry>`:
-/// - the map's entry slot: cached hash (8) + key `Bytes` header (32) + [`Entry`] (56) = 96;
-/// - the map's hash index: an 8-byte position plus 1 control byte per slot at up to 7/8 load,
+/// Covers, for an entry of a shard's `IndexSet<Entry>`:
+/// - the set's slot: cached hash (8) + [`Entry`] (40) = 48;
+/// - the set's hash index: an 8-byte position plus 1 control byte per slot at up to 7/8 load,
 ///   about 10;
-/// - allocator headers and size rounding of the separate key and value allocations, about
-///   16 each;
+/// - the 4-byte key length in front of the key, plus the allocator's header and size rounding
+///   of the single key-and-value allocation, about 16;
 /// - on average some unused capacity left by the doubling growth of the slot vector and index.
 ///
-/// Measured with RSS over 10^6 entries in 256 maps of this layout (16 to 40-byte keys, 0 to
-/// 200-byte values):
-/// 132 to 148 bytes. Keys with a TTL also sit in the shard's TTL index (about 90 more bytes);
-/// that is left out so that an entry's cost does not depend on its expiry, which keeps the
-/// accounting of an overwrite simple. The limit is approximate by design.
-pub const ENTRY_OVERHEAD: u64 = 144;
+/// Measured with RSS over 10^6 entries of 16-byte keys and 64-byte values: see the memory
+/// scenario in BENCHMARKS.md. Keys with a TTL also sit in the shard's TTL index (about 70 more
+/// bytes); that is left out so that an entry's cost does not depend on its expiry, which keeps
+/// the accounting of an overwrite simple. The limit is approximate by design.
+pub const ENTRY_OVERHEAD: u64 = 88;
 
 /// Approximate bytes an entry with these key and value lengths costs: the sizes the memory
 /// limit and eviction candidates are measured in.
@@ -34,23 +33,8 @@ pub fn entry_cost(key_len: usize, value_len: usize) -> u64 {
         .saturating_add(ENTRY_OVERHEAD)
 }
 
-/// Bytes at or below this length are copied when they leave the engine; longer ones are shared.
-const DETACH_COPY_MAX: usize = 4096;
-
-/// A handle on stored bytes for use outside the engine (a read, a snapshot, a candidate).
-///
-/// Cloning a `Bytes` that was built from a `Vec` (as decoded requests are) allocates a shared
-/// header the first time and keeps it for the life of the entry: 32 bytes more per key, for
-/// good, after the first read. Small buffers are therefore copied, which costs a short memcpy
-/// and leaves the stored entry as compact as it was; large ones are shared, where copying would
-/// cost more than the header.
-pub(crate) fn detach(bytes: &Bytes) -> Bytes {
-    if bytes.len() <= DETACH_COPY_MAX {
-        Bytes::copy_from_slice(bytes)
-    } else {
-        bytes.clone()
-    }
-}
+/// Bytes of the key-length prefix of an entry's allocation.
+const KEY_LEN_BYTES: usize = 4;
 
 /// Length of one access tick. 10 ms is far finer than eviction needs while a `u32` of ticks
 /// still spans 497 days.
@@ -102,11 +86,18 @@ impl AccessClock {
     }
 }
 
-/// A stored value. 56 bytes: `Bytes` (32) + two `u64` (16) + `AtomicU32` + `AtomicU8`, padded.
-/// It is kept that small because it is paid once per key.
-#[derive(Debug)]
+/// A stored key and value with their metadata. 40 bytes: a boxed slice (16) + two `u64` (16)
+/// + `AtomicU32` + `AtomicU8`, padded. It is kept that small because it is paid once per key.
+///
+/// Key and value share one allocation, `key_len:u32le ++ key ++ value`: one allocator header
+/// and one size rounding per key instead of two, and no shared-buffer header that a `Bytes`
+/// would grow on its first clone. Reads copy the value out (Redis copies into its reply buffer
+/// too); a 1 MiB value costs a memcpy of well under a millisecond.
+///
+/// The set that holds entries looks them up by key: [`Hash`], [`PartialEq`] and [`Borrow`]
+/// all go through [`Entry::key`], so `set.get(key_bytes)` finds the entry.
 pub(super) struct Entry {
-    pub(super) value: Bytes,
+    data: Box<[u8]>,
     /// Absolute wall-clock expiry in ms; 0 means none.
     pub(super) expires_at_ms: u64,
     /// LSN of the write that produced this value.
@@ -118,9 +109,15 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    pub(super) fn new(value: Bytes, expires_at_ms: u64, version: u64, tick: u32) -> Self {
+    pub(super) fn new(
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: u64,
+        version: u64,
+        tick: u32,
+    ) -> Self {
         Self {
-            value,
+            data: pack(key, value),
             expires_at_ms,
             version,
             access: AtomicU32::new(tick),
@@ -128,20 +125,41 @@ impl Entry {
         }
     }
 
+    /// The key: a slice of the entry's allocation.
+    pub(super) fn key(&self) -> &[u8] {
+        let (len, rest) = self.split_len();
+        &rest[..len]
+    }
+
+    /// The value: a slice of the entry's allocation.
+    pub(super) fn value(&self) -> &[u8] {
+        let (len, rest) = self.split_len();
+        &rest[len..]
+    }
+
+    fn split_len(&self) -> (usize, &[u8]) {
+        let (len, rest) = self.data.split_at(KEY_LEN_BYTES);
+        let len = u32::from_le_bytes(len.try_into().expect("the prefix is 4 bytes"));
+        (len as usize, rest)
+    }
+
+    /// [`entry_cost`] of this entry.
+    pub(super) fn cost(&self) -> u64 {
+        entry_cost(self.data.len() - KEY_LEN_BYTES, 0)
+    }
+
     /// Whether the entry is past its expiry at `now_ms` (and must be hidden from readers).
     pub(super) fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
     }
 
-    /// Replaces the value. An overwrite refreshes the access time but keeps the (decayed)
-    /// frequency, so rewriting a key does not make it look popular.
-    pub(super) fn overwrite(&mut self, value: Bytes, expires_at_ms: u64, version: u64, tick: u32) {
-        self.value = value;
-        self.expires_at_ms = expires_at_ms;
-        self.version = version;
-        let last = *self.access.get_mut();
-        let hits = self.hits.get_mut();
-        *hits = decay(*hits, last, tick);
+    /// Takes over the access history of `old`, the entry this one replaces. An overwrite
+    /// refreshes the access time but keeps the (decayed) frequency, so rewriting a key does not
+    /// make it look popular.
+    pub(super) fn inherit(&mut self, old: &Entry) {
+        let tick = *self.access.get_mut();
+        let last = old.access_tick();
+        *self.hits.get_mut() = decay(old.hits.load(Relaxed), last, tick);
         *self.access.get_mut() = tick.max(last);
     }
 
@@ -170,6 +188,37 @@ impl Entry {
     }
 }
 
+/// Lays out `key_len:u32le ++ key ++ value` in one exact-size allocation.
+fn pack(key: &[u8], value: &[u8]) -> Box<[u8]> {
+    // Keys are bounded far below 4 GiB by the request and WAL record size limits.
+    let key_len = u32::try_from(key.len()).expect("a key shorter than 4 GiB");
+    let mut data = Vec::with_capacity(KEY_LEN_BYTES + key.len() + value.len());
+    data.extend_from_slice(&key_len.to_le_bytes());
+    data.extend_from_slice(key);
+    data.extend_from_slice(value);
+    data.into_boxed_slice()
+}
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Entry {}
+
+impl Borrow<[u8]> for Entry {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
 /// Redis `LFUDecrAndReturn`: one less per decay period elapsed between `last` and `now`.
 fn decay(hits: u8, last: u32, now: u32) -> u8 {
     let periods = now.saturating_sub(last) / LFU_DECAY_TICKS;
@@ -194,36 +243,50 @@ fn log_incr(hits: u8) -> u8 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn entry_stays_small() {
-        assert!(
-            std::mem::size_of::<Entry>() <= 56,
-            "{}",
-            std::mem::size_of::<Entry>()
-        );
+    fn empty(expires_at_ms: u64, tick: u32) -> Entry {
+        Entry::new(b"", b"", expires_at_ms, 1, tick)
     }
 
     #[test]
-    fn overhead_covers_the_map_slot() {
-        // Cached hash + key header + entry, plus at least the 9 bytes of the hash index.
-        let slot = std::mem::size_of::<(u64, Bytes, Entry)>() as u64;
-        assert!(ENTRY_OVERHEAD >= slot + 9, "slot {slot}");
+    fn entry_stays_small() {
+        assert_eq!(std::mem::size_of::<Entry>(), 40);
+    }
+
+    #[test]
+    fn key_and_value_share_one_allocation() {
+        let e = Entry::new(b"key", b"value", 0, 1, 0);
+        assert_eq!((e.key(), e.value()), (&b"key"[..], &b"value"[..]));
+        assert_eq!(e.cost(), entry_cost(3, 5));
+        let e = Entry::new(b"", b"v", 0, 1, 0);
+        assert_eq!((e.key(), e.value()), (&b""[..], &b"v"[..]));
+        let k: &[u8] = Borrow::borrow(&e);
+        assert_eq!(k, b"");
+    }
+
+    #[test]
+    fn overhead_covers_the_set_slot() {
+        // Cached hash + entry, plus at least the 9 bytes of the hash index and the key length.
+        let slot = std::mem::size_of::<(u64, Entry)>() as u64;
+        assert!(
+            ENTRY_OVERHEAD >= slot + 9 + KEY_LEN_BYTES as u64,
+            "slot {slot}"
+        );
         assert_eq!(entry_cost(3, 4), 7 + ENTRY_OVERHEAD);
         assert_eq!(entry_cost(usize::MAX, usize::MAX), u64::MAX);
     }
 
     #[test]
     fn expiry_zero_means_never() {
-        let e = Entry::new(Bytes::new(), 0, 1, 0);
+        let e = empty(0, 0);
         assert!(!e.is_expired(u64::MAX));
-        let e = Entry::new(Bytes::new(), 100, 1, 0);
+        let e = empty(100, 0);
         assert!(!e.is_expired(99));
         assert!(e.is_expired(100));
     }
 
     #[test]
     fn first_touch_always_counts_then_growth_is_logarithmic() {
-        let e = Entry::new(Bytes::new(), 0, 1, 0);
+        let e = empty(0, 0);
         assert_eq!(e.hits(0), LFU_INIT);
         e.touch(0);
         assert_eq!(e.hits(0), LFU_INIT + 1);
@@ -242,7 +305,7 @@ mod tests {
 
     #[test]
     fn idle_minutes_decay_the_counter() {
-        let e = Entry::new(Bytes::new(), 0, 1, 0);
+        let e = empty(0, 0);
         e.touch(0);
         assert_eq!(e.hits(LFU_DECAY_TICKS - 1), LFU_INIT + 1);
         assert_eq!(e.hits(3 * LFU_DECAY_TICKS), LFU_INIT - 2);
@@ -251,20 +314,18 @@ mod tests {
 
     #[test]
     fn overwrite_refreshes_access_and_keeps_decayed_hits() {
-        let mut e = Entry::new(Bytes::from_static(b"a"), 0, 1, 0);
-        e.touch(0);
-        e.overwrite(Bytes::from_static(b"b"), 7, 2, 2 * LFU_DECAY_TICKS);
+        let old = Entry::new(b"k", b"a", 0, 1, 0);
+        old.touch(0);
+        let mut e = Entry::new(b"k", b"b", 7, 2, 2 * LFU_DECAY_TICKS);
+        e.inherit(&old);
         assert_eq!(e.access_tick(), 2 * LFU_DECAY_TICKS);
         assert_eq!(e.hits(2 * LFU_DECAY_TICKS), LFU_INIT - 1);
-        assert_eq!(
-            (e.value.as_ref(), e.expires_at_ms, e.version),
-            (&b"b"[..], 7, 2)
-        );
+        assert_eq!((e.value(), e.expires_at_ms, e.version), (&b"b"[..], 7, 2));
     }
 
     #[test]
     fn touch_never_moves_access_back() {
-        let e = Entry::new(Bytes::new(), 0, 1, 50);
+        let e = empty(0, 50);
         e.touch(10);
         assert_eq!(e.access_tick(), 50);
         e.touch(60);

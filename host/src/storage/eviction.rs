@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use super::engine::Engine;
-use super::entry::{AccessClock, Entry, detach, entry_cost};
+use super::entry::{AccessClock, Entry};
 
 /// A stored entry offered to an eviction policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,10 +28,10 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    fn new(key: &Bytes, entry: &Entry, clock: &AccessClock, tick: u32) -> Self {
+    fn new(entry: &Entry, clock: &AccessClock, tick: u32) -> Self {
         Self {
-            key: detach(key),
-            size: entry_cost(key.len(), entry.value.len()),
+            key: Bytes::copy_from_slice(entry.key()),
+            size: entry.cost(),
             last_access_ms: clock.wall_ms(entry.access_tick()),
             hits: u32::from(entry.hits(tick)),
             expires_at_ms: entry.expires_at_ms,
@@ -98,8 +98,7 @@ impl Engine {
     pub fn candidate(&self, key: &[u8]) -> Option<Candidate> {
         let tick = self.clock().now_tick();
         let data = self.shard_of(key).0.read();
-        let (key, entry) = data.get_key_value(key)?;
-        Some(Candidate::new(key, entry, self.clock(), tick))
+        Some(Candidate::new(data.get(key)?, self.clock(), tick))
     }
 
     fn sample(&self, n: usize, volatile: bool) -> Vec<Candidate> {
@@ -113,11 +112,11 @@ impl Engine {
                 break;
             }
             let data = shards[(start + offset) % shards.len()].0.read();
-            let make = |key, entry| Candidate::new(key, entry, self.clock(), tick);
+            let make = |entry| Candidate::new(entry, self.clock(), tick);
             if volatile {
-                out.extend(data.sample_ttl(need).map(|(k, e)| make(k, e)));
+                out.extend(data.sample_ttl(need).map(make));
             } else {
-                out.extend(data.sample(need).map(|(k, e)| make(k, e)));
+                out.extend(data.sample(need).map(make));
             }
         }
         out
@@ -129,7 +128,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::storage::EngineOptions;
+    use crate::storage::{EngineOptions, entry_cost};
 
     fn key(i: u64) -> Bytes {
         Bytes::from(format!("key-{i}"))
@@ -140,7 +139,7 @@ mod tests {
         let engine = Engine::new(EngineOptions { shards: 256 });
         assert!(engine.sample_candidates(5).is_empty());
         for i in 0..3 {
-            engine.set(key(i), Bytes::new(), 0, i);
+            engine.set(&key(i), &Bytes::new(), 0, i);
         }
         // Three entries spread over 256 shards are all found.
         let mut keys: Vec<Bytes> = engine
@@ -151,7 +150,7 @@ mod tests {
         keys.sort();
         assert_eq!(keys, vec![key(0), key(1), key(2)]);
         for i in 3..1_000 {
-            engine.set(key(i), Bytes::new(), 0, i);
+            engine.set(&key(i), &Bytes::new(), 0, i);
         }
         let sample = engine.sample_candidates(50);
         let distinct: HashSet<&Bytes> = sample.iter().map(|c| &c.key).collect();
@@ -163,8 +162,8 @@ mod tests {
         let engine = Engine::new(EngineOptions { shards: 16 });
         for i in 0..1_000 {
             engine.set(
-                key(i),
-                Bytes::new(),
+                &key(i),
+                &Bytes::new(),
                 if i % 100 == 0 { 5_000 + i } else { 0 },
                 i,
             );
@@ -179,8 +178,8 @@ mod tests {
         let engine = Engine::new(EngineOptions::default());
         assert_eq!(engine.candidate(b"k"), None);
         engine.set(
-            Bytes::from_static(b"k"),
-            Bytes::from_static(b"value"),
+            &Bytes::from_static(b"k"),
+            &Bytes::from_static(b"value"),
             77,
             3,
         );

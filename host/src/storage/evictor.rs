@@ -235,7 +235,7 @@ mod tests {
         let engine = Engine::new(EngineOptions { shards: 16 });
         for i in 0..10_000 {
             let tick = if i < 5_000 { 0 } else { 10 * TEN_S };
-            engine.set_at(key(i), Bytes::new(), 0, i, tick);
+            engine.set_at(&key(i), &Bytes::new(), 0, i, tick);
         }
         // Reading the first quarter makes it recent: the second quarter is now the oldest.
         for i in 0..2_500 {
@@ -257,7 +257,7 @@ mod tests {
     fn lfu_evicts_rarely_read_entries() {
         let engine = Engine::new(EngineOptions { shards: 16 });
         for i in 0..10_000 {
-            engine.set_at(key(i), Bytes::new(), 0, i, 0);
+            engine.set_at(&key(i), &Bytes::new(), 0, i, 0);
         }
         for i in (1..10_000).step_by(2) {
             for _ in 0..3 {
@@ -273,7 +273,7 @@ mod tests {
     fn volatile_ttl_evicts_soonest_expiry_among_keys_with_ttl() {
         let engine = Engine::new(EngineOptions { shards: 16 });
         for i in 0..1_000 {
-            engine.set(key(i), Bytes::new(), 0, i);
+            engine.set(&key(i), &Bytes::new(), 0, i);
         }
         let mut ttl = evictor("volatile-ttl");
         assert!(matches!(
@@ -281,7 +281,7 @@ mod tests {
             Err(EvictionError::NoCandidates)
         ));
         for (i, expires) in [(1_000, 3_000), (1_001, 1_000), (1_002, 2_000)] {
-            engine.set(key(i), Bytes::new(), expires, i);
+            engine.set(&key(i), &Bytes::new(), expires, i);
         }
         assert_eq!(evict(&engine, &mut ttl, 1), vec![1_001]);
         let rest: Vec<u64> = ttl
@@ -294,7 +294,7 @@ mod tests {
         engine.delete(&key(1_002));
         engine.delete(&key(1_000));
         for i in 2_000..2_100 {
-            engine.set(key(i), Bytes::new(), 10_000 + i, i);
+            engine.set(&key(i), &Bytes::new(), 10_000 + i, i);
         }
         let victims = evict(&engine, &mut ttl, 50);
         assert!(
@@ -306,7 +306,7 @@ mod tests {
     #[test]
     fn noeviction_refuses_with_an_actionable_error() {
         let engine = Engine::new(EngineOptions { shards: 4 });
-        engine.set(key(1), Bytes::new(), 0, 1);
+        engine.set(&key(1), &Bytes::new(), 0, 1);
         let mut none = evictor("noeviction");
         assert_eq!(none.policy_name(), "noeviction");
         let err = none.pick(&engine, 1, |_| false).unwrap_err();
@@ -318,7 +318,7 @@ mod tests {
     fn skipped_keys_are_never_victims() {
         let engine = Engine::new(EngineOptions { shards: 4 });
         for i in 0..10 {
-            engine.set(key(i), Bytes::new(), 0, i);
+            engine.set(&key(i), &Bytes::new(), 0, i);
         }
         let mut lru = Evictor::new(builtin_policy("lru").unwrap(), 100);
         let victims = lru.pick(&engine, 3, |k| k != key(3)).unwrap();
@@ -327,7 +327,7 @@ mod tests {
         assert!(matches!(all, Err(EvictionError::NoCandidates)));
 
         for i in 10..1_000 {
-            engine.set(key(i), Bytes::new(), 0, i);
+            engine.set(&key(i), &Bytes::new(), 0, i);
         }
         let mut lru = evictor("lru");
         for _ in 0..100 {
@@ -345,7 +345,7 @@ mod tests {
     fn large_needs_get_distinct_victims() {
         let engine = Engine::new(EngineOptions { shards: 8 });
         for i in 0..1_000 {
-            engine.set(key(i), Bytes::new(), 0, i);
+            engine.set(&key(i), &Bytes::new(), 0, i);
         }
         let mut lru = evictor("lru");
         let victims = lru.pick(&engine, 100, |_| false).unwrap();
@@ -361,7 +361,7 @@ mod tests {
     fn garbage_rankings_are_tolerated() {
         let engine = Engine::new(EngineOptions { shards: 2 });
         for i in 0..3 {
-            engine.set(key(i), Bytes::new(), 0, i);
+            engine.set(&key(i), &Bytes::new(), 0, i);
         }
         let garbage = Fixed(Ok(vec![usize::MAX, 3, 1, 1, 0, 0, 2]));
         let mut evictor = Evictor::new(Arc::new(garbage), 10);
@@ -391,7 +391,7 @@ mod tests {
     fn pool_keeps_unchanged_candidates_and_drops_gone_or_rewritten_ones() {
         let engine = Engine::new(EngineOptions { shards: 1 });
         for i in 0..100 {
-            engine.set(key(i), Bytes::new(), 1_000, i);
+            engine.set(&key(i), &Bytes::new(), 1_000, i);
         }
         let recorder = Arc::new(Recorder::default());
         let mut evictor = Evictor::new(recorder.clone(), 4);
@@ -402,7 +402,7 @@ mod tests {
         engine.delete(&first[0].0);
         engine.delete(&seen[1].key);
         // Rewritten without a TTL, so only the pool could still offer it.
-        engine.set(seen[2].key.clone(), Bytes::new(), 0, 999);
+        engine.set(&seen[2].key.clone(), &Bytes::new(), 0, 999);
         evictor.pick(&engine, 1, |_| false).unwrap();
         let second = recorder.0.lock()[1].clone();
         let keys: HashSet<&Bytes> = second.iter().map(|c| &c.key).collect();

@@ -8,7 +8,6 @@
 use bytes::Bytes;
 
 use super::engine::Engine;
-use super::entry::detach;
 
 /// Result of [`Engine::sample_expired`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,10 +30,11 @@ impl Engine {
         };
         let data = shard.0.read();
         let mut sample = ExpirySample::default();
-        for (key, entry) in data.sample_ttl(n) {
+        for entry in data.sample_ttl(n) {
             sample.sampled += 1;
             if entry.is_expired(now_ms) {
-                sample.expired.push((detach(key), entry.version));
+                let key = Bytes::copy_from_slice(entry.key());
+                sample.expired.push((key, entry.version));
             }
         }
         sample
@@ -67,7 +67,7 @@ mod tests {
         for i in 0..300 {
             // A third never expires, a third expires at 1_000, a third at 5_000.
             let ttl = [0, 1_000, 5_000][(i % 3) as usize];
-            engine.set(key(i), Bytes::from_static(b"v"), ttl, i);
+            engine.set(&key(i), &Bytes::from_static(b"v"), ttl, i);
         }
         let want: Vec<(Bytes, u64)> = {
             let mut want: Vec<_> = (0..300)
@@ -90,7 +90,7 @@ mod tests {
     fn samples_at_most_n_distinct_keys() {
         let engine = Engine::new(EngineOptions { shards: 1 });
         for i in 0..100 {
-            engine.set(key(i), Bytes::new(), 1, i);
+            engine.set(&key(i), &Bytes::new(), 1, i);
         }
         let mut sample = engine.sample_expired(0, 20, 10);
         assert_eq!(sample.sampled, 20);
@@ -104,15 +104,15 @@ mod tests {
     #[test]
     fn ttl_index_follows_overwrites_and_deletes() {
         let engine = Engine::new(EngineOptions { shards: 2 });
-        engine.set(key(1), Bytes::new(), 100, 1);
-        engine.set(key(2), Bytes::new(), 100, 2);
-        engine.set(key(3), Bytes::new(), 0, 3);
+        engine.set(&key(1), &Bytes::new(), 100, 1);
+        engine.set(&key(2), &Bytes::new(), 100, 2);
+        engine.set(&key(3), &Bytes::new(), 0, 3);
         // Overwrite without a TTL: no longer sampled.
-        engine.set(key(1), Bytes::new(), 0, 4);
+        engine.set(&key(1), &Bytes::new(), 0, 4);
         // Deleted: gone from the index too.
         engine.delete(&key(2));
         // Overwrite adding a TTL: now sampled.
-        engine.set(key(3), Bytes::new(), 50, 5);
+        engine.set(&key(3), &Bytes::new(), 50, 5);
         assert_eq!(all_expired(&engine, 1_000), vec![(key(3), 5)]);
         engine.clear();
         assert_eq!(all_expired(&engine, 1_000), vec![]);
