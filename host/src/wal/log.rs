@@ -323,9 +323,14 @@ impl Wal {
     /// `commit` for async callers. With `sync: always` the task waits on a watch instead of a
     /// thread: one flusher on the blocking pool writes and fsyncs whatever is appended, again
     /// and again while more arrives, and wakes every waiting task after each fsync. Other
-    /// policies only wait for a `write(2)`, which `commit` does inline.
+    /// policies only wait for a `write(2)`, which `commit` does inline, after yielding once:
+    /// the other tasks ready on this worker then log their writes first and one `write(2)`
+    /// carries them all, as Redis writes its AOF buffer once per event-loop turn.
     pub async fn commit_async(&self, lsn: u64) -> Result<()> {
         if self.shared.opts.sync != SyncPolicy::Always {
+            if self.shared.written_lsn.load(Ordering::Acquire) < lsn {
+                tokio::task::yield_now().await;
+            }
             return self.commit(lsn);
         }
         let mut durable = self.shared.durable_tx.subscribe();
