@@ -1,5 +1,8 @@
 //! Helpers shared by the workspace-level tests: child processes that are always cleaned up,
-//! and waiting for conditions with a deadline instead of sleeping.
+//! waiting for conditions with a deadline instead of sleeping, and a fault-injecting TCP
+//! proxy ([`proxy::FaultProxy`]) for links that are slow, stalled, cut or refused.
+
+pub mod proxy;
 
 use std::process::Child;
 use std::time::{Duration, Instant};
