@@ -32,6 +32,8 @@
 //! it exports nothing, so the host can depend on it for [`abi`] alone. `ABI.md` beside this
 //! crate describes the ABI for authors in other languages.
 
+#![warn(missing_docs)]
+
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;

@@ -5,6 +5,8 @@
 //! when compiling for wasm32 only, adds the `#[no_mangle]` export that decodes the input, calls
 //! the function and encodes the reply.
 
+#![warn(missing_docs)]
+
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};

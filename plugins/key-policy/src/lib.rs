@@ -1,6 +1,8 @@
 //! Validation: which keys a node accepts (prefixes, characters, length) and, per prefix, how
 //! large values may be and whether a TTL is required. Every refusal says what to change.
 
+#![warn(missing_docs)]
+
 use wasmkv_guest::{Op, Verdict, WriteRequest, config, validate};
 
 /// `config:` of the plugin's `validate` step.
@@ -181,8 +183,8 @@ impl Policy {
     }
 }
 
-/// Key rules apply to sets and deletes (a denied key cannot be removed either); value and TTL
-/// rules to sets only.
+/// Allow or refuse one write. Key rules apply to sets and deletes (a denied key cannot be
+/// removed either); value and TTL rules to sets only.
 #[validate]
 pub fn check(req: &WriteRequest, policy: &Policy) -> Verdict {
     let result = policy.check_key(&req.key).and_then(|()| match req.op {

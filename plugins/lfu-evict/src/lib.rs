@@ -2,6 +2,8 @@
 //! `half_life_ms` since its last access, so a key that was hot an hour ago does not outlive one
 //! that is warm now.
 
+#![warn(missing_docs)]
+
 use wasmkv_guest::{EvictionInput, Victims, config, evict, now_ms};
 
 /// `config:` of the plugin's `evict` step.
@@ -23,6 +25,7 @@ pub fn score(hits: u32, idle_ms: u64, half_life_ms: u64) -> f64 {
     f64::from(hits) * (-half_lives).exp2()
 }
 
+/// The `need` candidates with the lowest decayed hits.
 #[evict]
 pub fn pick(input: &EvictionInput, cfg: &Decay) -> Victims {
     let now = now_ms();

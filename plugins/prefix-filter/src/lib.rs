@@ -1,6 +1,8 @@
 //! Replication filter: which key prefixes each replica receives. A replica is matched by its
 //! labels against the rules in order; the first rule whose labels it all carries decides.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 
 use wasmkv_guest::{FilterEntry, ReplicaInfo, config, filter};
@@ -55,6 +57,7 @@ impl Rule {
     }
 }
 
+/// Whether `entry` goes to `replica`: the first matching rule decides, else `unmatched`.
 #[filter]
 pub fn keep(entry: &FilterEntry, replica: &ReplicaInfo, cfg: &Rules) -> bool {
     match cfg.rules.iter().find(|rule| rule.matches(replica)) {

@@ -1,8 +1,11 @@
 //! Eviction: keys with a TTL go first, soonest to expire first (they would vanish anyway);
 //! when there are not enough of them, the least recently used of the rest follow.
 
+#![warn(missing_docs)]
+
 use wasmkv_guest::{EvictionInput, Victims, evict};
 
+/// The `need` candidates that expire soonest, then the least recently used.
 #[evict]
 pub fn pick(input: &EvictionInput) -> Victims {
     let mut order: Vec<u32> = (0..input.candidates.len() as u32).collect();
