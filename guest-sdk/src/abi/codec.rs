@@ -107,7 +107,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::abi::{FilterInput, Verdict, WriteRequest};
+    use crate::abi::{FilterInput, Verdict, Victims, WriteRequest};
 
     #[test]
     fn round_trip_uses_field_names_and_byte_strings() {
@@ -176,6 +176,22 @@ mod tests {
             assert!(decode::<Vec<u8>>(bytes).is_err());
             assert!(decode::<FilterInput>(bytes).is_err());
         }
+    }
+
+    #[test]
+    fn indefinite_containers_pass_but_strings_must_be_definite() {
+        // {_ "victims": [_ 1, 2]}
+        let victims = [
+            0xbf, 0x67, b'v', b'i', b'c', b't', b'i', b'm', b's', 0x9f, 1, 2, 0xff, 0xff,
+        ];
+        assert_eq!(decode::<Victims>(&victims).unwrap().victims, vec![1, 2]);
+        // {"allow": true, "reason": (_ "a", "b")}
+        let mut verdict = vec![0xa2, 0x65];
+        verdict.extend(b"allow\xf5\x66reason\x7f\x61a\x61b\xff");
+        assert!(matches!(
+            decode::<Verdict>(&verdict),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     proptest! {
