@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod plugins;
 
 #[derive(Parser)]
 #[command(about = "wasmkv project tasks")]
@@ -33,6 +34,12 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the plugins under plugins/ for wasm32, check them against ABI v1, collect them.
+    Plugins {
+        /// Where to put NAME.wasm (default: `plugins` in the cargo target directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -40,6 +47,9 @@ fn main() -> Result<()> {
         Task::Demo { exit } => demo(exit),
         Task::Test => test(),
         Task::Bench { quick } => bench(quick),
+        Task::Plugins { out } => {
+            plugins::build(&out.unwrap_or_else(plugins::default_out_dir)).map(drop)
+        }
     }
 }
 
