@@ -28,6 +28,7 @@ pub async fn status(
         failure: stats.failure.unwrap_or_default(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_ms: state.started.elapsed().as_millis() as u64,
+        ..StatusResponse::default()
     })
 }
 
