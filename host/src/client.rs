@@ -14,6 +14,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -293,10 +294,20 @@ impl Client {
             prefix: prefix.into(),
             from_lsn,
         };
-        let body = envelope(0, &Codec::Cbor.encode(&req));
+        self.server_stream(&format!("{KVSTORE}/Watch"), &req).await
+    }
+
+    /// One Connect server-streaming call (`path` as for [`Client::call`]). The stream has no
+    /// deadline: it lasts until the node ends it or the stream is dropped.
+    pub async fn server_stream<Req: WireMessage, Resp: WireMessage>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<ServerStream<Resp>, ClientError> {
+        let body = envelope(0, &Codec::Cbor.encode(req));
         let request = self.request(
             &self.base,
-            &format!("{KVSTORE}/Watch"),
+            path.trim_start_matches('/'),
             Codec::Cbor.stream_content_type(),
             None,
             body,
@@ -315,11 +326,12 @@ impl Client {
                 .to_bytes();
             return Err(ClientError::Rpc(error_from_response(parts.status, &body)));
         }
-        Ok(WatchStream {
+        Ok(ServerStream {
             body,
             buf: BytesMut::new(),
             addr: self.base.to_string(),
             done: false,
+            message: PhantomData,
         })
     }
 
@@ -375,17 +387,21 @@ impl Client {
     }
 }
 
-/// The responses of a `Client::watch`, read envelope by envelope as they arrive.
-pub struct WatchStream {
+/// The responses of a `Client::watch`.
+pub type WatchStream = ServerStream<WatchResponse>;
+
+/// The responses of a server-streaming call, read envelope by envelope as they arrive.
+pub struct ServerStream<T> {
     body: hyper::body::Incoming,
     buf: BytesMut,
     addr: String,
     done: bool,
+    message: PhantomData<fn() -> T>,
 }
 
-impl WatchStream {
-    /// The next batch of changes (or heartbeat); None once the node ended the stream cleanly.
-    pub async fn next(&mut self) -> Option<Result<WatchResponse, ClientError>> {
+impl<T: WireMessage> ServerStream<T> {
+    /// The next message; None once the node ended the stream cleanly.
+    pub async fn next(&mut self) -> Option<Result<T, ClientError>> {
         let bad = |addr: &str, reason: String| ClientError::BadResponse {
             addr: addr.to_owned(),
             reason,

@@ -44,6 +44,10 @@ enum Command {
         /// YAML configuration file
         #[arg(long, short, env = "WASMKV_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// As a replica, follow a primary that came back empty with a new history, wiping
+        /// this node's data (replication.allow_full_resync_from_empty)
+        #[arg(long)]
+        allow_full_resync_from_empty: bool,
     },
     /// Print the value of KEY: its raw bytes, then a newline
     Get {
@@ -192,8 +196,12 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     use std::os::unix::ffi::OsStringExt;
-    if let Command::Serve { config } = command {
-        return serve(config.as_deref());
+    if let Command::Serve {
+        config,
+        allow_full_resync_from_empty,
+    } = command
+    {
+        return serve(config.as_deref(), allow_full_resync_from_empty);
     }
     // The other commands only log what goes wrong inside the library (e.g. a WAL warning).
     init_tracing("warn")?;
@@ -251,8 +259,10 @@ fn init_tracing(default: &str) -> Result<()> {
         .map_err(|e| anyhow!("cannot set up logging: {e}"))
 }
 
-fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
-    let config = wasmkv::config::Config::load(config_path).context("loading the configuration")?;
+fn serve(config_path: Option<&Path>, allow_full_resync_from_empty: bool) -> Result<ExitCode> {
+    let mut config =
+        wasmkv::config::Config::load(config_path).context("loading the configuration")?;
+    config.replication.allow_full_resync_from_empty |= allow_full_resync_from_empty;
     init_tracing(&config.log.level).context("the log.level setting")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
