@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use prost_reflect::{ReflectMessage, SerializeOptions};
 
-use wasmkv::api::proto::{Entry, Op, StatusResponse};
+use wasmkv::api::proto::{Entry, Op, PromoteResponse, StatusResponse};
 use wasmkv::client::{Client, SetOptions};
 
 use super::escape;
@@ -119,6 +119,37 @@ pub fn snapshot(target: &Target) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn add_replica(target: &Target, address: &str) -> Result<ExitCode> {
+    let client = target.client()?;
+    block_on(async {
+        client
+            .add_replica(address)
+            .await
+            .with_context(|| format!("replica add {address}"))
+    })?;
+    print(format!("added replica {address}\n").as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn remove_replica(target: &Target, address: &str) -> Result<ExitCode> {
+    let client = target.client()?;
+    block_on(async {
+        client
+            .remove_replica(address)
+            .await
+            .with_context(|| format!("replica remove {address}"))
+    })?;
+    print(format!("removed replica {address}\n").as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn promote(target: &Target) -> Result<ExitCode> {
+    let client = target.client()?;
+    let resp = block_on(async { client.promote().await.context("promote") })?;
+    print(promote_text(&resp).as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Stream changes until the node ends the watch (or the user interrupts it): one line per
 /// change, `lsn=N set KEY (LEN bytes)` or `lsn=N delete KEY`.
 pub fn watch(target: &Target, prefix: Vec<u8>, from_lsn: u64) -> Result<ExitCode> {
@@ -149,6 +180,14 @@ fn entry_line(entry: &Entry) -> String {
     } else {
         format!("lsn={} delete \"{}\"", entry.lsn, escape(&entry.key))
     }
+}
+
+/// `name: value` lines, as `status` prints them.
+fn promote_text(p: &PromoteResponse) -> String {
+    format!(
+        "replication_id: {}\nsecondary_replication_id: {}\nlsn: {}\n",
+        p.replication_id, p.secondary_replication_id, p.lsn
+    )
 }
 
 /// `name: value` lines, named as the proto fields are so they can be grepped and matched
@@ -218,6 +257,19 @@ mod tests {
             ..sample()
         };
         assert!(status_text(&failed).ends_with("failure: fsync failed\n"));
+    }
+
+    #[test]
+    fn promote_text_names_the_new_history_and_the_lsn() {
+        let resp = PromoteResponse {
+            replication_id: "new".into(),
+            secondary_replication_id: "old".into(),
+            lsn: 42,
+        };
+        assert_eq!(
+            promote_text(&resp),
+            "replication_id: new\nsecondary_replication_id: old\nlsn: 42\n"
+        );
     }
 
     #[test]
