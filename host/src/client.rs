@@ -54,7 +54,7 @@ const WRITE: &str = "kvstore.v1.KVStore/Write";
 const REDIRECTED: [&str; 3] = [SET, DELETE, WRITE];
 /// The response header in which a replica names its primary when it refuses a write: a
 /// `host:port` or an `http://` URL.
-pub const PRIMARY_HEADER: &str = "wasmkv-primary";
+pub use crate::api::connect::PRIMARY_HEADER;
 /// The Connect protocol version this client speaks (sent so servers can reject a mismatch).
 const PROTOCOL_VERSION: &str = "1";
 /// The Connect spec allows at most 10 digits in `Connect-Timeout-Ms`.
