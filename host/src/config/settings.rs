@@ -519,7 +519,15 @@ mod tests {
         assert_eq!(
             keys_in(None),
             [
-                "data_dir", "server", "wal", "storage", "limits", "primary", "log", "master"
+                "data_dir",
+                "server",
+                "wal",
+                "storage",
+                "limits",
+                "primary",
+                "replication",
+                "log",
+                "master"
             ]
         );
         assert_eq!(
