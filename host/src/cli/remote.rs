@@ -212,6 +212,44 @@ fn status_text(s: &StatusResponse) -> String {
     if !s.failure.is_empty() {
         lines.push(format!("failure: {}", s.failure));
     }
+    if !s.secondary_replication_id.is_empty() {
+        lines.push(format!(
+            "secondary_replication_id: {} (through lsn {})",
+            s.secondary_replication_id, s.secondary_lsn
+        ));
+    }
+    if let Some(p) = &s.primary {
+        lines.push(format!(
+            "primary: {} {} applied_lsn={} lag={} entries/{} ms full_syncs={} partial_syncs={}{}",
+            p.address,
+            p.state,
+            p.applied_lsn,
+            p.lag_entries,
+            p.lag_ms,
+            p.full_syncs,
+            p.partial_syncs,
+            if p.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(" last_error={:?}", p.last_error)
+            }
+        ));
+    }
+    for r in &s.replicas {
+        lines.push(format!(
+            "replica: {} {} {} acked_lsn={} lag={} entries/{} ms last_ack={} ms ago \
+             full_syncs={} partial_syncs={}",
+            r.id,
+            r.address,
+            r.state,
+            r.acked_lsn,
+            r.lag_entries,
+            r.lag_ms,
+            r.last_ack_age_ms,
+            r.full_syncs,
+            r.partial_syncs
+        ));
+    }
     let mut text = lines.join("\n");
     text.push('\n');
     text
@@ -235,6 +273,7 @@ fn status_json(s: &StatusResponse) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmkv::api::proto as crate_proto;
 
     fn sample() -> StatusResponse {
         StatusResponse {
@@ -257,6 +296,35 @@ mod tests {
             ..sample()
         };
         assert!(status_text(&failed).ends_with("failure: fsync failed\n"));
+    }
+
+    #[test]
+    fn status_text_shows_the_replication_links() {
+        let mut status = sample();
+        status.replicas = vec![crate_proto::ReplicaStatus {
+            id: "r1".into(),
+            address: "h:2".into(),
+            state: "streaming".into(),
+            acked_lsn: 40,
+            lag_entries: 2,
+            ..Default::default()
+        }];
+        let text = status_text(&status);
+        assert!(
+            text.contains("replica: r1 h:2 streaming acked_lsn=40 lag=2 entries"),
+            "{text}"
+        );
+        status.primary = Some(crate_proto::PrimaryLinkStatus {
+            address: "h:1".into(),
+            state: "disconnected".into(),
+            last_error: "refused".into(),
+            ..Default::default()
+        });
+        let text = status_text(&status);
+        assert!(
+            text.contains("primary: h:1 disconnected") && text.contains("last_error=\"refused\""),
+            "{text}"
+        );
     }
 
     #[test]
