@@ -175,7 +175,10 @@ async fn load_plugins(config: &Config) -> Result<Option<Arc<Plugins>>, NodeError
         return Ok(None);
     }
     let plugins = config.plugins.clone();
-    let cache = config.data_dir.join("plugin-cache");
+    // wasmtime wants an absolute cache directory.
+    let cache = std::path::absolute(config.data_dir.join("plugin-cache")).map_err(|e| {
+        NodeError::Plugins(LoadError::Runtime(format!("plugin cache directory: {e}")))
+    })?;
     let loaded = tokio::task::spawn_blocking(move || Plugins::load(&plugins, Some(&cache)))
         .await
         .map_err(|e| NodeError::Task(e.to_string()))??;

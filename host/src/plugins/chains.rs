@@ -1,13 +1,13 @@
 //! The chains a node runs plugins in: validators every write must pass, and an eviction
 //! policy that ranks candidates (falling back to the built-in LRU whenever the plugin fails).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use wasmkv_guest::abi::{self, Verdict, Victims};
 
 use super::step::Step;
-use crate::config::ValidateOnError;
+use crate::config::{FilterOnError, ValidateOnError};
 use crate::storage::{Candidate, EvictionError, EvictionPolicy, Lru};
 
 /// One write as validators see it.
@@ -161,4 +161,66 @@ mod tests {
         );
         assert_eq!(checked_victims(&[], 3, 2), Ok(vec![]));
     }
+}
+
+/// A replication filter step and the replicas it applies to.
+pub struct FilterStep {
+    pub step: Arc<Step>,
+    /// Applies to replicas carrying all these labels (empty = every replica).
+    pub labels: BTreeMap<String, String>,
+    pub on_error: FilterOnError,
+}
+
+impl FilterStep {
+    pub fn applies_to(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// Which of `entries` the replica receives, by every step (an entry is sent only if all keep
+/// it). `Err` means hold: a step failed with `on_error: hold`, so nothing is sent now and the
+/// same entries are asked about again later.
+pub fn filter_entries(
+    steps: &[Arc<FilterStep>],
+    replica: &abi::ReplicaInfo,
+    entries: Vec<abi::FilterEntry>,
+) -> Result<Vec<bool>, String> {
+    let mut keep = vec![true; entries.len()];
+    if steps.is_empty() || entries.is_empty() {
+        return Ok(keep);
+    }
+    let input = abi::FilterInput {
+        replica: replica.clone(),
+        entries,
+    };
+    for filter in steps {
+        let name = &filter.step.plugin.name;
+        let answer = filter
+            .step
+            .call::<_, abi::FilterOutput>("wasmkv_filter", &input)
+            .map_err(|e| e.to_string())
+            .and_then(|out| {
+                if out.keep.len() == keep.len() {
+                    Ok(out.keep)
+                } else {
+                    Err(format!(
+                        "answered {} decisions for {} entries",
+                        out.keep.len(),
+                        keep.len()
+                    ))
+                }
+            });
+        match answer {
+            Ok(decisions) => keep.iter_mut().zip(decisions).for_each(|(k, d)| *k &= d),
+            Err(reason) if filter.on_error == FilterOnError::Hold => {
+                return Err(format!(
+                    "filter plugin {name} failed ({reason}); holding entries back"
+                ));
+            }
+            Err(reason) => {
+                tracing::warn!(plugin = %name, %reason, "filter failed; sending unfiltered (on_error: send)");
+            }
+        }
+    }
+    Ok(keep)
 }

@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-pub use chains::{ValidateChain, WasmEviction, WriteCheck};
+pub use chains::{FilterStep, ValidateChain, WasmEviction, WriteCheck, filter_entries};
 pub use error::{CallError, LoadError};
 pub use runtime::{Hooks, Runtime};
 
@@ -46,6 +46,8 @@ pub struct Plugins {
     steps: BTreeMap<String, Vec<(&'static str, Arc<Step>)>>,
     pub validate: ValidateChain,
     pub evict: Option<Arc<WasmEviction>>,
+    /// Replication filters, each for the replicas its labels select.
+    pub replicate: Vec<Arc<FilterStep>>,
     generation: AtomicU64,
     watcher: Mutex<
         Option<
@@ -69,6 +71,7 @@ impl Plugins {
             steps: BTreeMap::new(),
             validate: ValidateChain::default(),
             evict: None,
+            replicate: Vec::new(),
             generation: AtomicU64::new(0),
             watcher: Mutex::new(None),
         };
@@ -82,6 +85,14 @@ impl Plugins {
         if let Some(step) = &config.evict {
             let built = plugins.step(&runtime, &step.plugin, &step.config, "evict")?;
             plugins.evict = Some(Arc::new(WasmEviction::new(built)));
+        }
+        for step in &config.replicate {
+            let built = plugins.step(&runtime, &step.plugin, &step.config, "replicate")?;
+            plugins.replicate.push(Arc::new(FilterStep {
+                step: built,
+                labels: step.labels.clone(),
+                on_error: step.on_error,
+            }));
         }
         Ok(plugins)
     }
@@ -117,18 +128,7 @@ impl Plugins {
                 plugin
             }
         };
-        let hooks = plugin.current.load().hooks();
-        let has_hook = match chain {
-            "validate" => hooks.validate,
-            "evict" => hooks.evict,
-            _ => hooks.filter,
-        };
-        if !has_hook {
-            return Err(LoadError::Abi {
-                name: name.to_owned(),
-                problem: format!("it is in the {chain} chain but does not export wasmkv_{chain}"),
-            });
-        }
+        check_hook(name, &plugin.current.load(), chain)?;
         let config = wasmkv_guest::abi::encode(config)
             .map_err(|e| LoadError::Runtime(format!("encoding the config of {name}: {e}")))?;
         let step = Arc::new(Step::new(plugin, config, Arc::clone(runtime)));
@@ -156,6 +156,15 @@ impl Plugins {
         })
     }
 
+    /// The replication filters that apply to a replica with these labels.
+    pub fn filters_for(&self, labels: &BTreeMap<String, String>) -> Vec<Arc<FilterStep>> {
+        self.replicate
+            .iter()
+            .filter(|f| f.applies_to(labels))
+            .cloned()
+            .collect()
+    }
+
     /// Load the file of plugin `name` again if it changed: compile, check, init with every
     /// step's config, then swap it in. Returns whether a new version is running; on any
     /// failure the last good version keeps running and the error is kept for the list.
@@ -167,27 +176,13 @@ impl Plugins {
         let Some((_, first)) = steps.first() else {
             return Ok(false);
         };
-        let outcome = (|| {
+        let outcome = (|| -> Result<bool, LoadError> {
             let version = self.compile(&first.runtime(), name, &plugin.path)?;
             if version.sha256 == plugin.current.load().sha256 {
                 return Ok(false);
             }
             for (chain, step) in steps {
-                let hooks = version.hooks();
-                let has_hook = match *chain {
-                    "validate" => hooks.validate,
-                    "evict" => hooks.evict,
-                    _ => hooks.filter,
-                };
-                if !has_hook {
-                    return Err(LoadError::Abi {
-                        name: name.to_owned(),
-                        problem: format!(
-                            "the new version does not export wasmkv_{chain}, which its {chain} \
-                             chain needs"
-                        ),
-                    });
-                }
+                check_hook(name, &version, chain)?;
                 step.try_init(&version)?;
             }
             let sha = version.sha256.clone();
@@ -304,6 +299,23 @@ impl Plugins {
             })
             .collect()
     }
+}
+
+/// A plugin in `chain` must export that chain's hook.
+fn check_hook(name: &str, version: &Version, chain: &str) -> Result<(), LoadError> {
+    let hooks = version.hooks();
+    let (has, hook) = match chain {
+        "validate" => (hooks.validate, "wasmkv_validate"),
+        "evict" => (hooks.evict, "wasmkv_evict"),
+        _ => (hooks.filter, "wasmkv_filter"),
+    };
+    if has {
+        return Ok(());
+    }
+    Err(LoadError::Abi {
+        name: name.to_owned(),
+        problem: format!("it is in the {chain} chain but does not export {hook}"),
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
