@@ -317,7 +317,7 @@ pub fn check(
     }
     if let Some(evict) = &plugins.evict {
         let now = wasmkv::clock::now_ms();
-        let candidates = vec![
+        let candidates = [
             ("cold", 5, now.saturating_sub(600_000), 0),
             ("hot", 40, now, 0),
             ("expiring", 10, now.saturating_sub(1_000), now + 5_000),
@@ -399,9 +399,9 @@ fn checked_victims(victims: &[u32], candidates: usize, need: usize) -> Result<Ve
 }
 
 fn bytesize_text(bytes: u64) -> String {
-    if bytes % (1 << 20) == 0 {
+    if bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
-    } else if bytes % (1 << 10) == 0 {
+    } else if bytes.is_multiple_of(1 << 10) {
         format!("{} KiB", bytes >> 10)
     } else {
         format!("{bytes} bytes")
