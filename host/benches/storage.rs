@@ -5,6 +5,8 @@
 //! Memory per key is measured in a child process (this binary re-run with `--memory DIR`) so
 //! the allocations of earlier phases do not blur the figure.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -259,31 +261,12 @@ fn measure_memory_child(dir: &Path) {
     );
 }
 
-/// Replace the storage section of BENCHMARKS.md (between its markers) with `report`, creating
-/// the file if needed, and stamp it with the date (the file's header names the machine).
 fn write_benchmarks(path: &Path, report: &str) {
-    const BEGIN: &str = "<!-- storage-bench:begin -->";
-    const END: &str = "<!-- storage-bench:end -->";
-    let date = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let section = format!(
-        "{BEGIN}\n## Storage engine and WAL\n\nMeasured {date} on the machine above by \
-         `cargo xtask bench` (`host/benches/storage.rs`, release build).\n\n{report}\n{END}"
+    common::write_section(
+        path,
+        "storage-bench",
+        "Storage engine and WAL",
+        "host/benches/storage.rs",
+        report,
     );
-    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| {
-        "# Benchmarks\n\nEvery figure here is written by `cargo xtask bench`; ratios are \
-         from one run.\n\n"
-            .into()
-    });
-    let updated = match (existing.find(BEGIN), existing.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            format!("{}{section}{}", &existing[..b], &existing[e + END.len()..])
-        }
-        _ => format!("{existing}{section}\n"),
-    };
-    std::fs::write(path, updated).expect("write BENCHMARKS.md");
 }

@@ -351,13 +351,17 @@ fn serve(config_path: Option<&Path>, allow_full_resync_from_empty: bool) -> Resu
         // action (killing the process mid-recovery) but a clean stop once it is up.
         let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
         let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let mut hangup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
         let node = wasmkv::node::Node::start(config)
             .await
             .context("starting the node")?;
         tracing::info!("wasmkv listening on http://{}", node.local_addr());
-        let name = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
+        let name = loop {
+            tokio::select! {
+                _ = interrupt.recv() => break "SIGINT",
+                _ = terminate.recv() => break "SIGTERM",
+                _ = hangup.recv() => reload_plugins(&node, config_path).await,
+            }
         };
         tracing::info!(signal = name, "shutting down");
         // A second signal means the operator will not wait for a clean stop.
@@ -368,6 +372,22 @@ fn serve(config_path: Option<&Path>, allow_full_resync_from_empty: bool) -> Resu
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// SIGHUP: read the configuration again and replace the plugin chains with its own. Only the
+/// `plugins` section is applied; a bad file or plugin keeps the running chains.
+async fn reload_plugins(node: &wasmkv::node::NodeHandle, config_path: Option<&Path>) {
+    tracing::info!("SIGHUP: reloading the plugin chains");
+    let reloaded = match wasmkv::config::Config::load(config_path) {
+        Ok(config) => node
+            .reload_plugins(&config.plugins)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = reloaded {
+        tracing::error!(error = %format!("{e:#}"), "the plugin chains were not reloaded; the running ones stay");
+    }
 }
 
 #[cfg(test)]

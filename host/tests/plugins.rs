@@ -703,3 +703,68 @@ fn plugin_check_passes_good_plugins_and_names_what_is_wrong_with_bad_ones() {
         "{err}"
     );
 }
+
+/// SIGHUP's work: chains replaced at run time from a new `plugins:` section; a bad one leaves
+/// the running chains alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_are_replaced_at_run_time_and_a_bad_reload_changes_nothing() {
+    let plugins = plugin_dir(&["key-policy"]);
+    let chain = |prefix: &str| {
+        format!(
+            "  validate:\n    - plugin: key-policy\n      config: {{allowed_prefixes: [\"{prefix}\"]}}\n"
+        )
+    };
+    let yaml = plugins_yaml(plugins.path(), "{deadline: 1s}", &chain("a:"));
+    let (node, base, _data) = common::start(&yaml).await;
+    let client = client(&base);
+    client
+        .set("a:1", "x", SetOptions::default())
+        .await
+        .expect("allowed");
+    denied(client.set("b:1", "x", SetOptions::default()).await);
+
+    let reloaded = |yaml: String| {
+        wasmkv::config::Config::from_yaml_str(&yaml, "reload.yaml")
+            .expect("valid config")
+            .plugins
+    };
+    node.reload_plugins(&reloaded(plugins_yaml(
+        plugins.path(),
+        "{deadline: 1s}",
+        &chain("b:"),
+    )))
+    .await
+    .expect("reload");
+    client
+        .set("b:1", "x", SetOptions::default())
+        .await
+        .expect("allowed after the reload");
+    denied(client.set("a:2", "x", SetOptions::default()).await);
+
+    let missing = "  validate:\n    - plugin: absent\n";
+    let err = node
+        .reload_plugins(&reloaded(plugins_yaml(
+            plugins.path(),
+            "{deadline: 1s}",
+            missing,
+        )))
+        .await
+        .expect_err("a chain naming a missing plugin is refused");
+    assert!(
+        err.to_string().contains("absent.wasm does not exist"),
+        "{err}"
+    );
+    client
+        .set("b:2", "x", SetOptions::default())
+        .await
+        .expect("the old chain still runs");
+
+    node.reload_plugins(&reloaded(String::new()))
+        .await
+        .expect("no chains");
+    client
+        .set("c:1", "x", SetOptions::default())
+        .await
+        .expect("no validator any more");
+    node.shutdown().await.expect("clean shutdown");
+}

@@ -7,10 +7,12 @@
 //!   limits: {memory: 16MiB, deadline: 2ms, fuel: 0}
 //!   validate:                      # every step must allow a write
 //!     - {plugin: key-policy, config: {allowed_prefixes: ["user:"]}, on_error: reject}
-//!   evict: {plugin: lfu-evict, config: {half_life: 10m}, sample: 16}
+//!   evict: {plugin: lfu-evict, config: {half_life_ms: 600000}, sample: 16}
 //!   replicate:                     # per-replica filters, matched by the replica's labels
-//!     - {plugin: prefix-filter, config: {prefixes: ["eu:"]}, replicas: {labels: {region: eu}},
-//!        on_error: hold}
+//!     - plugin: prefix-filter
+//!       config: {rules: [{labels: {region: us}, deny_prefixes: ["eu:"]}]}
+//!       replicas: {labels: {region: us}}
+//!       on_error: hold
 //! ```
 //!
 //! `dir` and `limits` are settings like any other (so `WASMKV_PLUGINS__DIR` and

@@ -137,32 +137,6 @@ fn checked_victims(victims: &[u32], candidates: usize, want: usize) -> Result<Ve
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn victims_must_be_distinct_in_range_and_few_enough() {
-        assert_eq!(checked_victims(&[2, 0], 3, 2), Ok(vec![2, 0]));
-        assert!(
-            checked_victims(&[3], 3, 1)
-                .unwrap_err()
-                .contains("out of 3")
-        );
-        assert!(
-            checked_victims(&[1, 1], 3, 2)
-                .unwrap_err()
-                .contains("repeated")
-        );
-        assert!(
-            checked_victims(&[0, 1], 3, 1)
-                .unwrap_err()
-                .contains("2 victims")
-        );
-        assert_eq!(checked_victims(&[], 3, 2), Ok(vec![]));
-    }
-}
-
 /// A replication filter step and the replicas it applies to.
 pub struct FilterStep {
     pub step: Arc<Step>,
@@ -223,4 +197,30 @@ pub fn filter_entries(
         }
     }
     Ok(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn victims_must_be_distinct_in_range_and_few_enough() {
+        assert_eq!(checked_victims(&[2, 0], 3, 2), Ok(vec![2, 0]));
+        assert!(
+            checked_victims(&[3], 3, 1)
+                .unwrap_err()
+                .contains("out of 3")
+        );
+        assert!(
+            checked_victims(&[1, 1], 3, 2)
+                .unwrap_err()
+                .contains("repeated")
+        );
+        assert!(
+            checked_victims(&[0, 1], 3, 1)
+                .unwrap_err()
+                .contains("2 victims")
+        );
+        assert_eq!(checked_victims(&[], 3, 2), Ok(vec![]));
+    }
 }

@@ -8,7 +8,7 @@
 //! of the `NODE` file, then one swap of the store that requests see). Until then the old data
 //! keeps serving reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,9 @@ pub struct FollowConfig {
     pub ack_interval: Duration,
     /// Follow a primary that came back empty with a new history (wiping this replica).
     pub allow_full_resync_from_empty: bool,
+    /// An operator told this node to follow `primary` (`AddReplica`/`Follow`): its first sync
+    /// may replace whatever the node held. Cleared once a sync succeeds.
+    pub adopt: bool,
 }
 
 /// Why one attempt to follow ended.
@@ -58,9 +61,10 @@ enum FollowError {
     #[error("unexpected message from the primary: {0}")]
     Protocol(String),
     #[error(
-        "refusing to follow: the primary came back empty with a new replication ID ({replid}) \
-         and following it would wipe this replica's {keys} keys; restore the primary, or start \
-         this replica with --allow-full-resync-from-empty (replication.allow_full_resync_from_empty)"
+        "refusing to follow: the primary came back empty (or with less data than this replica) \
+         under a new replication ID ({replid}), and following it would wipe this replica's \
+         {keys} keys; restore the primary, or start this replica with \
+         --allow-full-resync-from-empty (replication.allow_full_resync_from_empty)"
     )]
     EmptyPrimary { replid: String, keys: u64 },
     #[error("stopped")]
@@ -117,13 +121,17 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut config = config;
+    // Histories this follower refused: it keeps refusing them even once their primary holds
+    // data again, so a wiped primary that takes a few writes cannot wipe the replica.
+    let mut refused = HashSet::new();
     loop {
         if *stop.borrow() {
             return;
         }
         status.lock().state = "connecting".into();
         let started = Instant::now();
-        let outcome = follow_once(&shared, &config, &status, &mut stop).await;
+        let outcome = follow_once(&shared, &mut config, &status, &mut stop, &mut refused).await;
         match outcome {
             Err(FollowError::Stopped) => return,
             Err(e) => {
@@ -148,9 +156,10 @@ async fn run(
 
 async fn follow_once(
     shared: &Arc<Shared>,
-    config: &FollowConfig,
+    config: &mut FollowConfig,
     status: &Mutex<PrimaryLinkStatus>,
     stop: &mut watch::Receiver<bool>,
+    refused: &mut HashSet<String>,
 ) -> Result<(), FollowError> {
     let mut db = shared.db().ok_or(FollowError::Stopped)?;
     let history = shared.history.lock().clone();
@@ -182,11 +191,19 @@ async fn follow_once(
     let _stop_acker = AbortOnDrop(acker);
     if hello.full_resync {
         let keys = db.stats().keys;
-        if hello.primary_empty
-            && hello.replication_id != history.replication_id
+        // A primary of another history that holds nothing, or less log than this replica,
+        // lost its data (a wiped or replaced data directory): following it would wipe this
+        // replica too.
+        let lost = hello.primary_empty
+            || hello.primary_lsn < db.applied_lsn()
+            || refused.contains(&hello.replication_id);
+        if hello.replication_id != history.replication_id
             && keys > 0
+            && lost
             && !config.allow_full_resync_from_empty
+            && !config.adopt
         {
+            refused.insert(hello.replication_id.clone());
             return Err(FollowError::EmptyPrimary {
                 replid: hello.replication_id,
                 keys,
@@ -211,6 +228,7 @@ async fn follow_once(
         status.lock().partial_syncs += 1;
         tracing::info!(primary = %config.primary, from_lsn = request.from_lsn, "partial resync");
     }
+    config.adopt = false;
     {
         let mut s = status.lock();
         s.state = "streaming".into();

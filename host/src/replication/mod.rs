@@ -217,12 +217,13 @@ impl Replication {
     pub async fn start(self: &Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
         let primary = self.primary.read().clone();
         if let Some(primary) = primary {
-            self.start_follower(primary).await;
+            self.start_follower(primary, false).await;
         }
         tokio::spawn(Arc::clone(self).retain_log(shutdown));
     }
 
-    async fn start_follower(&self, primary: String) {
+    /// Follow `primary`; `adopt` when an operator asked for it just now.
+    async fn start_follower(&self, primary: String, adopt: bool) {
         let replica_id = self.shared.node.lock().replica_id.clone();
         let config = FollowConfig {
             primary: primary.clone(),
@@ -231,6 +232,7 @@ impl Replication {
             address: self.options.advertise.clone(),
             ack_interval: self.options.ack_interval,
             allow_full_resync_from_empty: self.options.allow_full_resync_from_empty,
+            adopt,
         };
         if let Some(db) = self.shared.db() {
             db.set_active_expiry(false);
@@ -328,7 +330,7 @@ impl Replication {
             node.save(&self.shared.root)?;
         }
         match primary {
-            Some(primary) => self.start_follower(primary).await,
+            Some(primary) => self.start_follower(primary, true).await,
             None => {
                 if self.stop_follower().await {
                     self.become_primary()?;

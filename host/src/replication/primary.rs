@@ -123,11 +123,9 @@ pub async fn serve(
     }
     let mut cursor = start;
     loop {
-        if *shutdown.borrow() {
-            return Err(ConnectError::unavailable(
-                "the primary is shutting down; reconnect to resume",
-            ));
-        }
+        // On shutdown, first send what is committed: a replica that stays up then holds every
+        // write this primary acknowledged before it stopped.
+        let draining = *shutdown.borrow();
         let step = {
             let db = Arc::clone(&db);
             let filter = Arc::clone(&filter);
@@ -156,6 +154,11 @@ pub async fn serve(
                 return Ok(());
             }
             continue;
+        }
+        if draining {
+            return Err(ConnectError::unavailable(
+                "the primary is shutting down; reconnect to resume",
+            ));
         }
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return Ok(()) },
