@@ -10,32 +10,51 @@
 //! Errors keep the server's Connect code (`ClientError::Rpc`) apart from failures on the way
 //! (unreachable node, deadline, unreadable response), so a caller can tell "the node said no"
 //! from "the node could not be asked".
+//!
+//! Writes (`Set`, `Delete`, `Write`) sent to a replica are refused with `failed_precondition`
+//! and the primary's address in the `wasmkv-primary` header; the client then sends the same
+//! request once to that primary and returns its answer, so a caller pointed at any node of a
+//! cluster can write. Reads are served by replicas and never redirected.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, USER_AGENT};
-use http::{StatusCode, Uri};
+use http::{HeaderMap, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
 
 use crate::api::connect::{END_STREAM_FLAG, envelope};
 use crate::api::proto::{
-    DeleteRequest, DeleteResponse, DigestRequest, DigestResponse, GetRequest, GetResponse,
-    GetUpdatesRequest, GetUpdatesResponse, MultiGetRequest, MultiGetResponse, Mutation, SetRequest,
-    SetResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, WatchRequest,
-    WatchResponse, WriteRequest, WriteResponse,
+    AddReplicaRequest, AddReplicaResponse, DeleteRequest, DeleteResponse, DigestRequest,
+    DigestResponse, FollowRequest, FollowResponse, GetRequest, GetResponse, GetUpdatesRequest,
+    GetUpdatesResponse, MultiGetRequest, MultiGetResponse, Mutation, PromoteRequest,
+    PromoteResponse, RemoveReplicaRequest, RemoveReplicaResponse, SetRequest, SetResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, WatchRequest, WatchResponse,
+    WriteRequest, WriteResponse,
 };
 use crate::api::{Code, Codec, ConnectError, WireMessage};
 
 const KVSTORE: &str = "kvstore.v1.KVStore";
 const ADMIN: &str = "kvstore.v1.Admin";
+const SET: &str = "kvstore.v1.KVStore/Set";
+const DELETE: &str = "kvstore.v1.KVStore/Delete";
+const WRITE: &str = "kvstore.v1.KVStore/Write";
+/// The calls a replica refuses and this client re-sends to the primary it names. Only
+/// these: reads are the replica's to answer, and an admin call is meant for the node the
+/// caller named, not for whichever node it points to.
+const REDIRECTED: [&str; 3] = [SET, DELETE, WRITE];
+/// The response header in which a replica names its primary when it refuses a write: a
+/// `host:port` or an `http://` URL.
+pub use crate::api::connect::PRIMARY_HEADER;
 /// The Connect protocol version this client speaks (sent so servers can reject a mismatch).
 const PROTOCOL_VERSION: &str = "1";
 /// The Connect spec allows at most 10 digits in `Connect-Timeout-Ms`.
@@ -50,6 +69,16 @@ pub enum ClientError {
     /// The server answered with a Connect error (its code and message, unchanged).
     #[error(transparent)]
     Rpc(#[from] ConnectError),
+    /// The node refused the call because it is a replica (`failed_precondition`), and named
+    /// its primary in the `wasmkv-primary` header. A write only fails so when the redirect
+    /// could not be followed: the primary refused it too (the client follows one hop, never
+    /// a chain), or the named address is not one this client can call. `primary` is the
+    /// header as the node sent it.
+    #[error("{error}")]
+    NotPrimary {
+        primary: String,
+        error: ConnectError,
+    },
     /// No answer could be had: the connection was refused, reset or closed mid-call. The
     /// `io::Error` carries the underlying kind (e.g. `ConnectionRefused`) and the whole cause.
     #[error("cannot reach {addr}: {source}")]
@@ -78,11 +107,20 @@ impl ClientError {
     /// address, where no call was made.
     pub fn code(&self) -> Option<Code> {
         match self {
-            ClientError::Rpc(e) => Some(e.code),
+            ClientError::Rpc(e) | ClientError::NotPrimary { error: e, .. } => Some(e.code),
             ClientError::Transport { .. } => Some(Code::Unavailable),
             ClientError::Timeout { .. } => Some(Code::DeadlineExceeded),
             ClientError::BadResponse { .. } => Some(Code::Internal),
             ClientError::BadAddress { .. } => None,
+        }
+    }
+
+    /// The primary a replica named when it refused the call: where to send writes from now
+    /// on to save the redirect hop.
+    pub fn primary(&self) -> Option<&str> {
+        match self {
+            ClientError::NotPrimary { primary, .. } => Some(primary),
+            _ => None,
         }
     }
 }
@@ -137,7 +175,8 @@ impl Client {
 
     /// Give every call at most `timeout`: the server is told (`Connect-Timeout-Ms`, so it can
     /// stop working on a call nobody waits for) and the client stops waiting at the same
-    /// time (so a node that never answers cannot hang the caller).
+    /// time (so a node that never answers cannot hang the caller). A write redirected to the
+    /// primary gets what is left of the same `timeout`, not a second one.
     pub fn with_timeout(self, timeout: Duration) -> Client {
         Client {
             timeout: Some(timeout),
@@ -153,22 +192,44 @@ impl Client {
     /// One Connect unary call: `path` is `service/Method` (e.g. `kvstore.v1.KVStore/Get`,
     /// a leading `/` is fine).
     ///
-    /// Every RPC of this client goes through here, so this is the one place where following
-    /// a replica's `failed_precondition` redirect to its primary belongs: the request is
-    /// encoded once into `Bytes` (cheap to send again) and `send` takes the node to send to
-    /// as an argument.
+    /// Every RPC of this client goes through here, so this is the one place that follows a
+    /// replica's redirect: a write (`Set`, `Delete`, `Write`) refused with
+    /// `ClientError::NotPrimary` is sent once more, unchanged, to the primary the replica
+    /// named, and that answer is the call's. One hop at most: if the primary refuses too,
+    /// its `NotPrimary` is returned rather than followed, so two nodes that name each other
+    /// cannot bounce a call forever.
     pub async fn call<Req: WireMessage, Resp: WireMessage>(
         &self,
         path: &str,
         req: &Req,
     ) -> Result<Resp, ClientError> {
+        // Encoded once into `Bytes`, so a redirect re-sends it without encoding again.
         let body = Bytes::from(Codec::Cbor.encode(req));
         let path = path.trim_start_matches('/');
-        let answer = self.send(&self.base, path, body).await?;
+        let started = Instant::now();
+        let first = self
+            .send(&self.base, path, body.clone(), self.timeout)
+            .await;
+        let (addr, answer) = match first {
+            Err(ClientError::NotPrimary { primary, error }) if REDIRECTED.contains(&path) => {
+                let to = match normalize_base(&primary) {
+                    Ok(to) => to,
+                    Err(e) => {
+                        tracing::debug!(from = %self.base, path, "redirect not followed: {e}");
+                        return Err(ClientError::NotPrimary { primary, error });
+                    }
+                };
+                tracing::debug!(from = %self.base, %to, path, "write refused, sent to the primary");
+                let left = self.timeout.map(|t| t.saturating_sub(started.elapsed()));
+                let answer = self.send(&to, path, body, left).await?;
+                (to, answer)
+            }
+            answer => (self.base.to_string(), answer?),
+        };
         Codec::Cbor
             .decode(&answer)
             .map_err(|e| ClientError::BadResponse {
-                addr: self.base.to_string(),
+                addr,
                 reason: e.message,
             })
     }
@@ -196,14 +257,14 @@ impl Client {
             min_replicas: opts.min_replicas,
             if_version: opts.if_version,
         };
-        let resp: SetResponse = self.call(&format!("{KVSTORE}/Set"), &req).await?;
+        let resp: SetResponse = self.call(SET, &req).await?;
         Ok(resp.lsn)
     }
 
     /// Delete `key`; `found` says whether it existed.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<DeleteResponse, ClientError> {
         let req = DeleteRequest { key: key.into() };
-        self.call(&format!("{KVSTORE}/Delete"), &req).await
+        self.call(DELETE, &req).await
     }
 
     /// Several keys in one round trip; the results are in the order of `keys`.
@@ -219,7 +280,7 @@ impl Client {
             mutations,
             min_replicas: 0,
         };
-        let resp: WriteResponse = self.call(&format!("{KVSTORE}/Write"), &req).await?;
+        let resp: WriteResponse = self.call(WRITE, &req).await?;
         Ok(resp.lsn)
     }
 
@@ -250,8 +311,41 @@ impl Client {
             .await
     }
 
-    /// POST `body` to `{base}/{path}` and return the body of a 200 answer; any other answer is
-    /// turned into the Connect error it carries.
+    /// Tell the node at `address` (`host:port` or URL) to follow this node, a primary.
+    pub async fn add_replica(&self, address: &str) -> Result<(), ClientError> {
+        let req = AddReplicaRequest {
+            address: address.to_owned(),
+        };
+        let _: AddReplicaResponse = self.call(&format!("{ADMIN}/AddReplica"), &req).await?;
+        Ok(())
+    }
+
+    /// Tell the node at `address` to stop following this primary, which forgets it.
+    pub async fn remove_replica(&self, address: &str) -> Result<(), ClientError> {
+        let req = RemoveReplicaRequest {
+            address: address.to_owned(),
+        };
+        let _: RemoveReplicaResponse = self.call(&format!("{ADMIN}/RemoveReplica"), &req).await?;
+        Ok(())
+    }
+
+    /// Make this node, a replica, a primary: the answer holds its new replication ID, the
+    /// history it continues and the last LSN of that history.
+    pub async fn promote(&self) -> Result<PromoteResponse, ClientError> {
+        self.call(&format!("{ADMIN}/Promote"), &PromoteRequest {})
+            .await
+    }
+
+    /// Make this node follow `primary` (`host:port` or URL); `""` makes it stop following
+    /// and become a primary. Normally sent by a primary's `AddReplica`/`RemoveReplica`.
+    pub async fn follow(&self, primary: &str) -> Result<(), ClientError> {
+        let req = FollowRequest {
+            primary: primary.to_owned(),
+        };
+        let _: FollowResponse = self.call(&format!("{ADMIN}/Follow"), &req).await?;
+        Ok(())
+    }
+
     /// A Connect POST of `body` to `base/path` with the protocol's headers.
     fn request(
         &self,
@@ -293,10 +387,20 @@ impl Client {
             prefix: prefix.into(),
             from_lsn,
         };
-        let body = envelope(0, &Codec::Cbor.encode(&req));
+        self.server_stream(&format!("{KVSTORE}/Watch"), &req).await
+    }
+
+    /// One Connect server-streaming call (`path` as for [`Client::call`]). The stream has no
+    /// deadline: it lasts until the node ends it or the stream is dropped.
+    pub async fn server_stream<Req: WireMessage, Resp: WireMessage>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<ServerStream<Resp>, ClientError> {
+        let body = envelope(0, &Codec::Cbor.encode(req));
         let request = self.request(
             &self.base,
-            &format!("{KVSTORE}/Watch"),
+            path.trim_start_matches('/'),
             Codec::Cbor.stream_content_type(),
             None,
             body,
@@ -313,24 +417,28 @@ impl Client {
                 .await
                 .map_err(|e| transport(&self.base, &e))?
                 .to_bytes();
-            return Err(ClientError::Rpc(error_from_response(parts.status, &body)));
+            return Err(rpc_error(parts.status, &parts.headers, &body));
         }
-        Ok(WatchStream {
+        Ok(ServerStream {
             body,
             buf: BytesMut::new(),
             addr: self.base.to_string(),
             done: false,
+            message: PhantomData,
         })
     }
 
-    async fn send(&self, base: &str, path: &str, body: Bytes) -> Result<Bytes, ClientError> {
-        let request = self.request(
-            base,
-            path,
-            Codec::Cbor.unary_content_type(),
-            self.timeout,
-            body,
-        )?;
+    /// POST `body` to `{base}/{path}` and return the body of a 200 answer; any other answer is
+    /// turned into the error it carries. `budget` is what is left of the call's timeout (all
+    /// of it, unless this is a redirect's second hop).
+    async fn send(
+        &self,
+        base: &str,
+        path: &str,
+        body: Bytes,
+        budget: Option<Duration>,
+    ) -> Result<Bytes, ClientError> {
+        let request = self.request(base, path, Codec::Cbor.unary_content_type(), budget, body)?;
         let exchange = async {
             let response = self
                 .http
@@ -345,17 +453,18 @@ impl Client {
                 .to_bytes();
             Ok::<_, ClientError>((parts, body))
         };
-        let (parts, body) = match self.timeout {
-            Some(after) => tokio::time::timeout(after, exchange).await.map_err(|_| {
+        let (parts, body) = match budget {
+            Some(budget) => tokio::time::timeout(budget, exchange).await.map_err(|_| {
                 ClientError::Timeout {
                     addr: base.to_owned(),
-                    after,
+                    // The timeout the caller set, not the part of it left for this hop.
+                    after: self.timeout.unwrap_or(budget),
                 }
             })??,
             None => exchange.await?,
         };
         if parts.status != StatusCode::OK {
-            return Err(ClientError::Rpc(error_from_response(parts.status, &body)));
+            return Err(rpc_error(parts.status, &parts.headers, &body));
         }
         let content_type = parts
             .headers
@@ -375,17 +484,21 @@ impl Client {
     }
 }
 
-/// The responses of a `Client::watch`, read envelope by envelope as they arrive.
-pub struct WatchStream {
+/// The responses of a `Client::watch`.
+pub type WatchStream = ServerStream<WatchResponse>;
+
+/// The responses of a server-streaming call, read envelope by envelope as they arrive.
+pub struct ServerStream<T> {
     body: hyper::body::Incoming,
     buf: BytesMut,
     addr: String,
     done: bool,
+    message: PhantomData<fn() -> T>,
 }
 
-impl WatchStream {
-    /// The next batch of changes (or heartbeat); None once the node ended the stream cleanly.
-    pub async fn next(&mut self) -> Option<Result<WatchResponse, ClientError>> {
+impl<T: WireMessage> ServerStream<T> {
+    /// The next message; None once the node ended the stream cleanly.
+    pub async fn next(&mut self) -> Option<Result<T, ClientError>> {
         let bad = |addr: &str, reason: String| ClientError::BadResponse {
             addr: addr.to_owned(),
             reason,
@@ -507,6 +620,24 @@ pub fn error_from_response(status: StatusCode, body: &[u8]) -> ConnectError {
     ConnectError::new(code_for_http_status(status), message)
 }
 
+/// The error a non-200 answer stands for: `NotPrimary` when a replica refused the call and
+/// named its primary, else the Connect error it carries.
+fn rpc_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ClientError {
+    let error = error_from_response(status, body);
+    let primary = headers
+        .get(PRIMARY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|primary| !primary.is_empty());
+    match primary {
+        Some(primary) if error.code == Code::FailedPrecondition => ClientError::NotPrimary {
+            primary: primary.to_owned(),
+            error,
+        },
+        _ => ClientError::Rpc(error),
+    }
+}
+
 /// The Connect protocol's mapping of an HTTP status without a Connect error body to a code.
 fn code_for_http_status(status: StatusCode) -> Code {
     match status.as_u16() {
@@ -552,6 +683,8 @@ fn transport(addr: &str, err: &(dyn StdError + 'static)) -> ClientError {
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
+    use std::future::Future;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http::Response;
@@ -674,17 +807,23 @@ mod tests {
         assert!(!message.contains("client error ("), "{message}");
     }
 
-    #[tokio::test]
-    async fn a_silent_node_hits_the_deadline() {
+    /// A node that accepts and holds connections without ever answering; abort the task to
+    /// stop it.
+    async fn silent_node() -> (String, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        // Accept and hold connections without ever answering.
         let holder = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((socket, _)) = listener.accept().await {
                 held.push(socket);
             }
         });
+        (addr, holder)
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_hits_the_deadline() {
+        let (addr, holder) = silent_node().await;
         let client = Client::new(&addr)
             .unwrap()
             .with_timeout(Duration::from_millis(100));
@@ -695,10 +834,13 @@ mod tests {
         holder.abort();
     }
 
-    /// A stand-in server: checks what a Connect unary request must carry, answers Get with a
-    /// CBOR GetResponse echoing the key, Set with a plain-text 503, anything else with a
-    /// Connect error. Counts connections, to show that calls reuse one.
-    async fn fake_node() -> (String, Arc<AtomicUsize>) {
+    /// A stand-in server on a free local port answering every request with `answer`; returns
+    /// its `host:port` and the number of connections it accepted.
+    async fn serve<F, Fut>(answer: F) -> (String, Arc<AtomicUsize>)
+    where
+        F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -706,9 +848,11 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(|req: http::Request<Incoming>| async move {
-                        Ok::<_, Infallible>(answer(req).await)
+                    let service = service_fn(move |req| {
+                        let reply = answer(req);
+                        async move { Ok::<_, Infallible>(reply.await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(socket), service)
@@ -717,6 +861,21 @@ mod tests {
             }
         });
         (addr, connections)
+    }
+
+    fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    }
+
+    /// A stand-in node: checks what a Connect unary request must carry, answers Get with a
+    /// CBOR GetResponse echoing the key, Set with a plain-text 503, anything else with a
+    /// Connect error. Counts connections, to show that calls reuse one.
+    async fn fake_node() -> (String, Arc<AtomicUsize>) {
+        serve(answer).await
     }
 
     async fn answer(req: http::Request<Incoming>) -> Response<Full<Bytes>> {
@@ -732,13 +891,6 @@ mod tests {
         assert_eq!(header("connect-timeout-ms").as_deref(), Some("5000"));
         let path = req.uri().path().to_owned();
         let body = req.into_body().collect().await.unwrap().to_bytes();
-        let reply = |status: u16, content_type: &str, body: Vec<u8>| {
-            Response::builder()
-                .status(status)
-                .header("content-type", content_type)
-                .body(Full::new(Bytes::from(body)))
-                .unwrap()
-        };
         match path.as_str() {
             "/kvstore.v1.KVStore/Get" => {
                 let get: GetRequest = Codec::Cbor.decode(&body).unwrap();
@@ -790,5 +942,257 @@ mod tests {
         let err = client.status().await.unwrap_err();
         assert!(matches!(err, ClientError::BadResponse { .. }), "{err}");
         assert_eq!(err.code(), Some(Code::Internal));
+    }
+
+    /// What a replica answers a write: `failed_precondition`, naming `primary` in the
+    /// `wasmkv-primary` header when given.
+    fn refusal(primary: Option<&str>) -> Response<Full<Bytes>> {
+        let e = ConnectError::new(Code::FailedPrecondition, "this node is a read-only replica");
+        let mut response = reply(400, "application/json", e.to_json());
+        if let Some(primary) = primary {
+            response
+                .headers_mut()
+                .insert(PRIMARY_HEADER, primary.parse().unwrap());
+        }
+        response
+    }
+
+    /// A stand-in replica that refuses every call (reads too, so a test can tell whether a
+    /// read was redirected) naming `primary`, if given; returns its address and its call count.
+    async fn stub_replica(primary: Option<String>) -> (String, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let (addr, _) = serve(move |_req| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let response = refusal(primary.as_deref());
+            async move { response }
+        })
+        .await;
+        (addr, calls)
+    }
+
+    /// A request as a stand-in primary received it.
+    struct Received {
+        path: String,
+        body: Bytes,
+        timeout_ms: u64,
+    }
+
+    /// A stand-in primary that takes every write (LSN 42) and keeps what it received.
+    async fn stub_primary() -> (String, Arc<Mutex<Vec<Received>>>) {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&received);
+        let (addr, _) = serve(move |req: http::Request<Incoming>| {
+            let log = Arc::clone(&log);
+            async move {
+                let timeout_ms = req.headers()["connect-timeout-ms"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let path = req.uri().path().to_owned();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let answer = match path.as_str() {
+                    "/kvstore.v1.KVStore/Set" => Codec::Cbor.encode(&SetResponse { lsn: 42 }),
+                    "/kvstore.v1.KVStore/Delete" => Codec::Cbor.encode(&DeleteResponse {
+                        found: true,
+                        lsn: 42,
+                    }),
+                    "/kvstore.v1.KVStore/Write" => Codec::Cbor.encode(&WriteResponse { lsn: 42 }),
+                    _ => panic!("the primary got an unexpected call: {path}"),
+                };
+                log.lock().unwrap().push(Received {
+                    path,
+                    body,
+                    timeout_ms,
+                });
+                reply(200, "application/cbor", answer)
+            }
+        })
+        .await;
+        (addr, received)
+    }
+
+    fn client(addr: &str) -> Client {
+        Client::new(addr)
+            .unwrap()
+            .with_timeout(Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn writes_refused_by_a_replica_are_sent_once_to_its_primary() {
+        let (primary, received) = stub_primary().await;
+        // The header may be a bare `host:port` or a URL: both are followed.
+        for named in [primary.clone(), format!("http://{primary}/")] {
+            received.lock().unwrap().clear();
+            let (replica, calls) = stub_replica(Some(named.clone())).await;
+            let client = client(&replica);
+            let opts = SetOptions {
+                ttl: Some(Duration::from_secs(1)),
+                ..SetOptions::default()
+            };
+            assert_eq!(client.set("k", "v", opts).await.unwrap(), 42, "{named}");
+            let deleted = client.delete("k").await.unwrap();
+            assert_eq!((deleted.found, deleted.lsn), (true, 42));
+            let batch = vec![Mutation {
+                op: crate::api::proto::Op::Set as i32,
+                key: Bytes::from("b"),
+                value: Bytes::from("1"),
+                ttl_ms: 0,
+            }];
+            assert_eq!(client.write(batch.clone()).await.unwrap(), 42);
+            assert_eq!(calls.load(Ordering::SeqCst), 3, "one refusal per write");
+
+            // The primary got the very requests the replica refused.
+            let set = SetRequest {
+                key: Bytes::from("k"),
+                value: Bytes::from("v"),
+                ttl_ms: 1000,
+                min_replicas: 0,
+                if_version: None,
+            };
+            let delete = DeleteRequest {
+                key: Bytes::from("k"),
+            };
+            let write = WriteRequest {
+                mutations: batch,
+                min_replicas: 0,
+            };
+            let want = [
+                (SET, Codec::Cbor.encode(&set)),
+                (DELETE, Codec::Cbor.encode(&delete)),
+                (WRITE, Codec::Cbor.encode(&write)),
+            ]
+            .map(|(path, body)| (format!("/{path}"), Bytes::from(body)));
+            let got: Vec<_> = (received.lock().unwrap().iter())
+                .map(|r| (r.path.clone(), r.body.clone()))
+                .collect();
+            assert_eq!(got, want, "{named}");
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_and_admin_calls_are_not_redirected() {
+        let (primary, received) = stub_primary().await;
+        let (replica, calls) = stub_replica(Some(primary.clone())).await;
+        let client = client(&replica);
+        let err = client.get("k").await.unwrap_err();
+        assert_eq!(err.primary(), Some(primary.as_str()), "{err:?}");
+        assert_eq!(err.code(), Some(Code::FailedPrecondition));
+        assert_eq!(
+            err.to_string(),
+            "failed_precondition: this node is a read-only replica"
+        );
+        let err = client.multi_get(vec![Bytes::from("k")]).await.unwrap_err();
+        assert_eq!(err.primary(), Some(primary.as_str()), "{err:?}");
+        let err = client.add_replica("10.0.0.9:8080").await.unwrap_err();
+        assert_eq!(err.primary(), Some(primary.as_str()), "{err:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(received.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_primary_that_redirects_again_is_an_error_after_one_hop() {
+        let (third, received) = stub_primary().await;
+        let (second, second_calls) = stub_replica(Some(third.clone())).await;
+        let (first, first_calls) = stub_replica(Some(second)).await;
+        let err = client(&first)
+            .set("k", "v", SetOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, ClientError::NotPrimary { .. }), "{err:?}");
+        assert_eq!(err.primary(), Some(third.as_str()));
+        assert_eq!(first_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(second_calls.load(Ordering::SeqCst), 1);
+        assert!(received.lock().unwrap().is_empty(), "a second hop was made");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_the_client_cannot_follow_is_returned_as_it_came() {
+        let (replica, calls) = stub_replica(None).await;
+        let err = client(&replica).delete("k").await.unwrap_err();
+        let ClientError::Rpc(e) = &err else {
+            panic!("expected the node's own error, got {err:?}");
+        };
+        assert_eq!(
+            e,
+            &ConnectError::new(Code::FailedPrecondition, "this node is a read-only replica")
+        );
+        assert_eq!(err.primary(), None);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // A primary this client cannot call: the refusal, naming it, is the answer.
+        let (replica, calls) = stub_replica(Some("https://10.0.0.1:8443".into())).await;
+        let err = client(&replica).delete("k").await.unwrap_err();
+        assert!(matches!(&err, ClientError::NotPrimary { .. }), "{err:?}");
+        assert_eq!(err.primary(), Some("https://10.0.0.1:8443"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn only_a_failed_precondition_with_a_primary_is_a_redirect() {
+        let refusal = |code: Code, header: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = header {
+                headers.insert(PRIMARY_HEADER, value.parse().unwrap());
+            }
+            let body = ConnectError::new(code, "no").to_json();
+            rpc_error(code.http_status(), &headers, &body)
+        };
+        let err = refusal(Code::FailedPrecondition, Some(" p:1 "));
+        assert_eq!(err.primary(), Some("p:1"));
+        for (code, header) in [
+            (Code::FailedPrecondition, None),
+            (Code::FailedPrecondition, Some("  ")),
+            (Code::Unavailable, Some("p:1")),
+        ] {
+            let err = refusal(code, header);
+            assert!(
+                matches!(&err, ClientError::Rpc(e) if e.code == code),
+                "{code} {header:?}: {err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirected_write_gets_what_is_left_of_the_deadline() {
+        let (primary, received) = stub_primary().await;
+        let named = primary.clone();
+        // A replica that takes 200 ms to refuse: the primary must be told at most 4.8 s.
+        let (replica, _) = serve(move |_req| {
+            let response = refusal(Some(&named));
+            async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                response
+            }
+        })
+        .await;
+        client(&replica)
+            .set("k", "v", SetOptions::default())
+            .await
+            .unwrap();
+        let timeout_ms = received.lock().unwrap()[0].timeout_ms;
+        assert!(timeout_ms <= 4800, "{timeout_ms}");
+
+        // A primary that never answers: the call fails at the one deadline, naming it.
+        let (silent, holder) = silent_node().await;
+        let (replica, _) = stub_replica(Some(silent.clone())).await;
+        let err = Client::new(&replica)
+            .unwrap()
+            .with_timeout(Duration::from_millis(300))
+            .set("k", "v", SetOptions::default())
+            .await
+            .unwrap_err();
+        let ClientError::Timeout { addr, after } = &err else {
+            panic!("expected a timeout, got {err:?}");
+        };
+        assert_eq!(
+            (addr.as_str(), *after),
+            (
+                format!("http://{silent}").as_str(),
+                Duration::from_millis(300)
+            )
+        );
+        holder.abort();
     }
 }

@@ -47,7 +47,24 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The primary this node follows; `None` for a primary.
     pub primary: Option<PrimaryConfig>,
+    pub replication: ReplicationConfig,
     pub log: LogConfig,
+}
+
+/// Replication settings that apply whatever the node's role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// Most WAL bytes a primary keeps for replicas that lag or are away; past it they get a
+    /// full resync instead of the primary filling its disk.
+    pub backlog_max: u64,
+    /// How long a disconnected replica keeps holding the primary's log back.
+    pub backlog_max_age: Duration,
+    /// Labels this node reports to its primary (replication filters match on them).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// How other nodes reach this one (`host:port`); empty = the listen address.
+    pub advertise: String,
+    /// Follow a primary that came back empty with a new history, wiping this replica.
+    pub allow_full_resync_from_empty: bool,
 }
 
 /// Where clients (and replicas) connect.
@@ -212,6 +229,13 @@ impl Default for Config {
                 max_request_bytes: 8 << 20,
             },
             primary: None,
+            replication: ReplicationConfig {
+                backlog_max: 256 << 20,
+                backlog_max_age: Duration::from_secs(3600),
+                labels: std::collections::BTreeMap::new(),
+                advertise: String::new(),
+                allow_full_resync_from_empty: false,
+            },
             log: LogConfig {
                 level: "info".to_owned(),
             },

@@ -10,5 +10,6 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod node;
+pub mod replication;
 pub mod storage;
 pub mod wal;

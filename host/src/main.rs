@@ -1,5 +1,5 @@
 //! The `wasmkv` binary: runs a node (`serve`), talks to one (`get`, `set`, `del`, `status`,
-//! `digest`, `snapshot`, `watch`), measures one under load (`bench`), and inspects or repairs
+//! `digest`, `snapshot`, `watch`, `replica add|remove`, `promote`), measures one under load (`bench`), and inspects or repairs
 //! a stopped node's write-ahead log (`wal verify`, `wal dump`, `repair`). One binary, so an
 //! operator has one thing to install and the offline tools always understand the WAL format
 //! of the node they came with.
@@ -44,6 +44,10 @@ enum Command {
         /// YAML configuration file
         #[arg(long, short, env = "WASMKV_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// As a replica, follow a primary that came back empty with a new history, wiping
+        /// this node's data (replication.allow_full_resync_from_empty)
+        #[arg(long)]
+        allow_full_resync_from_empty: bool,
     },
     /// Print the value of KEY: its raw bytes, then a newline
     Get {
@@ -108,6 +112,14 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Attach nodes to the primary at --addr as its replicas, or detach them
+    #[command(subcommand)]
+    Replica(ReplicaCommand),
+    /// Make the replica at --addr a primary; prints its new replication ID and LSN
+    Promote {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Load a node with a closed-loop workload; report throughput and latency percentiles
     ///
     /// Each connection keeps one request in flight. Fails (exit status 2) when more than 1%
@@ -123,6 +135,24 @@ enum Command {
     Repair {
         /// The data directory (the WAL is DIR/wal), or the WAL directory itself
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplicaCommand {
+    /// Tell the node at ADDR to follow the primary at --addr
+    Add {
+        /// The new replica's address (host:port or URL), as the primary can reach it
+        address: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Tell the node at ADDR to stop following the primary at --addr
+    Remove {
+        /// The replica's address, as it was added
+        address: String,
+        #[command(flatten)]
+        node: NodeArgs,
     },
 }
 
@@ -192,8 +222,12 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     use std::os::unix::ffi::OsStringExt;
-    if let Command::Serve { config } = command {
-        return serve(config.as_deref());
+    if let Command::Serve {
+        config,
+        allow_full_resync_from_empty,
+    } = command
+    {
+        return serve(config.as_deref(), allow_full_resync_from_empty);
     }
     // The other commands only log what goes wrong inside the library (e.g. a WAL warning).
     init_tracing("warn")?;
@@ -222,6 +256,13 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Watch { prefix, from, node } => {
             cli::remote::watch(&node.into(), prefix.into_vec(), from)
         }
+        Command::Replica(ReplicaCommand::Add { address, node }) => {
+            cli::remote::add_replica(&node.into(), &address)
+        }
+        Command::Replica(ReplicaCommand::Remove { address, node }) => {
+            cli::remote::remove_replica(&node.into(), &address)
+        }
+        Command::Promote { node } => cli::remote::promote(&node.into()),
         Command::Bench(args) => cli::bench::run(*args),
         Command::Wal(WalCommand::Verify { dir }) => cli::offline::verify(&dir),
         Command::Wal(WalCommand::Dump {
@@ -251,8 +292,10 @@ fn init_tracing(default: &str) -> Result<()> {
         .map_err(|e| anyhow!("cannot set up logging: {e}"))
 }
 
-fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
-    let config = wasmkv::config::Config::load(config_path).context("loading the configuration")?;
+fn serve(config_path: Option<&Path>, allow_full_resync_from_empty: bool) -> Result<ExitCode> {
+    let mut config =
+        wasmkv::config::Config::load(config_path).context("loading the configuration")?;
+    config.replication.allow_full_resync_from_empty |= allow_full_resync_from_empty;
     init_tracing(&config.log.level).context("the log.level setting")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -280,4 +323,68 @@ fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("wasmkv").chain(args.iter().copied()))
+            .map(|c| c.command)
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn replica_add_and_remove_take_an_address_and_the_primary() {
+        let Command::Replica(ReplicaCommand::Add { address, node }) = parse(&[
+            "replica",
+            "add",
+            "10.0.0.2:8080",
+            "--addr",
+            "http://10.0.0.1:8080",
+        ])
+        .unwrap() else {
+            panic!("not `replica add`");
+        };
+        assert_eq!(
+            (address.as_str(), node.addr.as_str()),
+            ("10.0.0.2:8080", "http://10.0.0.1:8080")
+        );
+        let Command::Replica(ReplicaCommand::Remove { address, node }) = parse(&[
+            "replica",
+            "remove",
+            "http://10.0.0.2:8080",
+            "--timeout",
+            "2s",
+        ])
+        .unwrap() else {
+            panic!("not `replica remove`");
+        };
+        assert_eq!(address, "http://10.0.0.2:8080");
+        assert_eq!(node.timeout, Duration::from_secs(2));
+        for args in [
+            &["replica", "add"][..],
+            &["replica"],
+            &["replica", "list", "x"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn promote_takes_only_the_node() {
+        let Command::Promote { node } = parse(&["promote", "--addr", "10.0.0.2:8080"]).unwrap()
+        else {
+            panic!("not `promote`");
+        };
+        assert_eq!(node.addr, "10.0.0.2:8080");
+        assert!(parse(&["promote", "10.0.0.2:8080"]).is_err());
+    }
 }

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{ApiState, Limits, server};
 use crate::config::Config;
-use crate::db::{Db, DbError};
+use crate::replication::{Replication, ReplicationError, ReplicationOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -24,13 +24,8 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "this node is configured as a replica of {primary} (the primary/master section), but \
-         replication is not available in this version; remove that section to run a primary"
-    )]
-    ReplicaUnsupported { primary: String },
     #[error("cannot open the store: {0}")]
-    Store(#[from] DbError),
+    Store(#[from] ReplicationError),
     #[error("the store task failed: {0}")]
     Task(String),
 }
@@ -40,11 +35,6 @@ pub struct Node;
 impl Node {
     /// Bind, start serving, recover the store; returns once the node is ready.
     pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
-        if let Some(primary) = config.primary_address() {
-            return Err(NodeError::ReplicaUnsupported {
-                primary: primary.to_owned(),
-            });
-        }
         let listen = config.listen_addr();
         let listener = TcpListener::bind(&listen)
             .await
@@ -67,9 +57,15 @@ impl Node {
             let _ = stopped.await;
         }));
         tracing::info!(%addr, dir = %opts.dir.display(), "listening; recovering the store");
-        let opened = tokio::task::spawn_blocking(move || Db::open(opts)).await;
-        let db = match opened {
-            Ok(Ok(db)) => db,
+        let options = replication_options(&config, addr);
+        let store = Arc::clone(&state.store);
+        let opened = tokio::task::spawn_blocking(move || {
+            let root = opts.dir.clone();
+            Replication::open(&root, opts, options, store)
+        })
+        .await;
+        let replication = match opened {
+            Ok(Ok(replication)) => Arc::new(replication),
             failed => {
                 drop(stop);
                 let _ = server.await;
@@ -80,15 +76,17 @@ impl Node {
                 });
             }
         };
-        let recovery = db.recovery();
+        let db = state.db().map_err(|e| NodeError::Task(e.message))?;
         tracing::info!(
             %addr,
             lsn = db.applied_lsn(),
             keys = db.stats().keys,
-            recovery_ms = recovery.elapsed.as_millis() as u64,
+            recovery_ms = db.recovery().elapsed.as_millis() as u64,
+            role = if replication.is_primary() { "primary" } else { "replica" },
             "ready"
         );
-        let _ = state.store.set(db);
+        replication.start(state.shutdown_signal()).await;
+        let _ = state.replication.set(replication);
         Ok(NodeHandle {
             addr,
             state,
@@ -118,13 +116,40 @@ impl NodeHandle {
         let _ = self.stop.send(());
         let _ = self.server.await;
         let state = self.state;
-        tokio::task::spawn_blocking(move || match state.store.get() {
+        if let Some(replication) = state.replication.get() {
+            replication.shutdown().await;
+        }
+        tokio::task::spawn_blocking(move || match state.store.load_full() {
             Some(db) => db.close(),
             None => Ok(()),
         })
         .await
-        .map_err(|e| NodeError::Task(e.to_string()))??;
+        .map_err(|e| NodeError::Task(e.to_string()))?
+        .map_err(|e| NodeError::Store(e.into()))?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The replication settings of `config`, for a node listening on `addr`.
+fn replication_options(config: &Config, addr: SocketAddr) -> ReplicationOptions {
+    let r = &config.replication;
+    ReplicationOptions {
+        primary: config.primary_address().map(str::to_owned),
+        labels: r.labels.clone(),
+        advertise: if r.advertise.is_empty() {
+            addr.to_string()
+        } else {
+            r.advertise.clone()
+        },
+        ack_interval: config
+            .primary
+            .as_ref()
+            .map_or(crate::config::PrimaryConfig::DEFAULT_SYNC_INTERVAL, |p| {
+                p.sync_interval
+            }),
+        allow_full_resync_from_empty: r.allow_full_resync_from_empty,
+        backlog_max: r.backlog_max,
+        backlog_max_age: r.backlog_max_age,
     }
 }

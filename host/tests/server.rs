@@ -967,38 +967,36 @@ async fn writes_that_cannot_be_applied_write_nothing() {
             message.contains("mutation 1") && message.contains("OP_SET"),
             "{codec:?}: the message names the mutation and the valid ops: {message}"
         );
-
-        let set = SetRequest {
-            key: b(b"c"),
-            value: b(b"3"),
-            min_replicas: 1,
-            ..SetRequest::default()
-        };
-        let message = call_raw(&base, codec, "KVStore", "Set", &set)
-            .await
-            .expect_error(400, "failed_precondition");
-        assert!(
-            message.contains("nothing was written"),
-            "{codec:?}: {message}"
-        );
-        let write = WriteRequest {
-            mutations: vec![Mutation {
-                op: Op::Set as i32,
-                key: b(b"d"),
-                value: b(b"4"),
-                ttl_ms: 0,
-            }],
-            min_replicas: 2,
-        };
-        call_raw(&base, codec, "KVStore", "Write", &write)
-            .await
-            .expect_error(400, "failed_precondition");
     }
-    for key in [b"a", b"b", b"c", b"d"] {
+    for key in [b"a", b"b"] {
         assert!(!get(&base, Codec::Proto, key).await.found);
     }
     let s = status(&base).await;
     assert_eq!((s.lsn, s.keys), (0, 0), "nothing reached the log: {s:?}");
+    // WAIT semantics: a write asking for more replicas than confirm it in time is applied
+    // anyway, and the error says so.
+    let reply = post(
+        &base,
+        &rpc_path("KVStore", "Set"),
+        Some("application/json"),
+        r#"{"key":"Yw==","value":"Mw==","minReplicas":1}"#,
+        &[("Connect-Timeout-Ms", "300")],
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    assert!(
+        reply
+            .text()
+            .contains("applied on the primary but confirmed by only 0 of the 1"),
+        "{}",
+        reply.text()
+    );
+    assert!(get(&base, Codec::Proto, b"c").await.found);
     node.shutdown().await.expect("clean shutdown");
 }
 
@@ -1440,12 +1438,40 @@ async fn connect_timeout_ms_bounds_the_call() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_replica_config_is_refused_until_replication_exists() {
-    let dir = tempfile::tempdir().unwrap();
-    let err = match common::start_in(dir.path(), "primary:\n  address: 127.0.0.1:9\n").await {
-        Ok(_) => panic!("a replica config started"),
-        Err(e) => e.to_string(),
-    };
-    assert!(err.contains("replica of 127.0.0.1:9"), "{err}");
-    assert!(err.contains("remove that section"), "{err}");
+async fn a_replica_serves_reads_refuses_writes_and_reports_its_link() {
+    // Port 9 (discard) refuses connections: the replica keeps trying and says so.
+    let (node, base, _dir) = common::start("primary:\n  address: 127.0.0.1:9\n").await;
+    let reply = post(
+        &base,
+        &rpc_path("KVStore", "Set"),
+        Some("application/json"),
+        r#"{"key":"aw==","value":"dg=="}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert!(
+        reply.text().contains("failed_precondition"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        reply.text().contains("primary at 127.0.0.1:9"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.header("wasmkv-primary"), Some("127.0.0.1:9"));
+    assert!(!get(&base, Codec::Proto, b"k").await.found);
+    common::wait_for(
+        "the link to be reported down",
+        Duration::from_secs(10),
+        || async {
+            let s = status(&base).await;
+            let link = s.primary.unwrap_or_default();
+            (s.role == "replica" && link.state == "disconnected" && !link.last_error.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    node.shutdown().await.unwrap();
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: build wasmkv, start a primary from `config/primary.yaml` in a fresh data
 //! directory, and walk through a scripted tour that prints each step and its result — the
-//! CLI, Connect JSON over plain HTTP, the curl routes, a restart that keeps the data.
+//! CLI, Connect JSON over plain HTTP, the curl routes, a restart that keeps the data — then a
+//! replica from `config/replica.yaml` that catches up, serves reads, forwards writes, and
+//! resumes where it left off after a restart.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,10 +20,17 @@ struct RunningNode {
 }
 
 impl RunningNode {
-    fn start(wasmkv: &Path, config: &Path, data: &Path, port: u16) -> Result<RunningNode> {
+    fn start(
+        wasmkv: &Path,
+        config: &Path,
+        data: &Path,
+        port: u16,
+        env: &[(&str, String)],
+    ) -> Result<RunningNode> {
         let child = Command::new(wasmkv)
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("WASMKV_DATA_DIR", data)
             .env("WASMKV_SERVER__PORT", port.to_string())
             .env("WASMKV_LOG__LEVEL", "warn")
@@ -84,12 +93,12 @@ pub fn demo(exit: bool) -> Result<()> {
         "start a primary: wasmkv serve --config config/primary.yaml (data in {}, port {port})",
         data_dir.display()
     ));
-    let mut node = RunningNode::start(&wasmkv, &config, &data_dir, port)?;
+    let mut node = RunningNode::start(&wasmkv, &config, &data_dir, port, &[])?;
     println!("    ready: GET /readyz -> 200");
 
-    let cli = |args: &[&str]| -> Result<String> {
+    let cli_at = |addr: &str, args: &[&str]| -> Result<String> {
         let out = Command::new(&wasmkv)
-            .env("WASMKV_ADDR", &addr)
+            .env("WASMKV_ADDR", addr)
             .args(args)
             .output()
             .with_context(|| format!("run wasmkv {}", args.join(" ")))?;
@@ -111,6 +120,7 @@ pub fn demo(exit: bool) -> Result<()> {
         println!("    $ wasmkv {}\n{}", shown.join(" "), indent(&text));
         Ok(text)
     };
+    let cli = |args: &[&str]| cli_at(&addr, args);
 
     step("set and get with the CLI");
     cli(&["set", "greeting", "hello, wasmkv"])?;
@@ -153,22 +163,93 @@ pub fn demo(exit: bool) -> Result<()> {
 
     step("restart the node (SIGTERM, then start again): the data survives");
     node.stop()?;
-    let mut node = RunningNode::start(&wasmkv, &config, &data_dir, port)?;
+    let mut node = RunningNode::start(&wasmkv, &config, &data_dir, port, &[])?;
     let got = cli(&["get", "greeting"])?;
     if !got.contains("hello, wasmkv") {
         bail!("the value did not survive the restart: {got}");
     }
     cli(&["digest"])?;
 
+    let replica_port = if exit { free_port()? } else { 8081 };
+    let replica_addr = format!("http://127.0.0.1:{replica_port}");
+    let replica_dir = data.path().join("replica");
+    let replica_env = [("WASMKV_PRIMARY__ADDRESS", format!("127.0.0.1:{port}"))];
+    let replica_config = root().join("config/replica.yaml");
+    step(&format!(
+        "start a replica: wasmkv serve --config config/replica.yaml (port {replica_port}, \
+         following the primary on {port})"
+    ));
+    let start_replica = || {
+        RunningNode::start(
+            &wasmkv,
+            &replica_config,
+            &replica_dir,
+            replica_port,
+            &replica_env,
+        )
+    };
+    let mut replica = start_replica()?;
+    let in_sync = || -> Result<()> {
+        let primary = cli_quiet(&wasmkv, &addr, &["digest"])?;
+        wait_until("the replica to hold the primary's data", || {
+            Ok(cli_quiet(&wasmkv, &replica_addr, &["digest"])? == primary)
+        })
+    };
+    in_sync()?;
+    println!("    the replica copied the primary's data (a full resync) and follows its log");
+    cli_at(&replica_addr, &["get", "greeting"])?;
+
+    step("write through the replica: it refuses writes, and the CLI follows it to the primary");
+    cli_at(
+        &replica_addr,
+        &["set", "written-via", "the replica's address"],
+    )?;
+    cli(&["set", "confirmed", "yes", "--min-replicas", "1"])?;
+    in_sync()?;
+    cli_at(&replica_addr, &["get", "confirmed"])?;
+
+    step("stop the replica, write on the primary, start it again: it resumes (partial resync)");
+    replica.stop()?;
+    cli(&["set", "while-away", "caught up"])?;
+    let mut replica = start_replica()?;
+    in_sync()?;
+    cli_at(&replica_addr, &["get", "while-away"])?;
+    cli_at(&replica_addr, &["status"])?;
+
     if exit {
+        replica.stop()?;
         node.stop()?;
         println!("\nThe tour is done.");
     } else {
         println!(
-            "\nThe tour is done; the primary keeps serving on {addr} (try `cargo run -p wasmkv \
-             -- get greeting` or curl {addr}/v1/kv/color). Ctrl-C to stop."
+            "\nThe tour is done; the primary keeps serving on {addr} and the replica on \
+             {replica_addr} (try `cargo run -p wasmkv -- get greeting` or curl \
+             {addr}/v1/kv/color). Ctrl-C to stop."
         );
         node.child.wait()?;
+        replica.child.wait()?;
+    }
+    Ok(())
+}
+
+/// A CLI call whose output is used, not shown.
+fn cli_quiet(wasmkv: &Path, addr: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(wasmkv)
+        .env("WASMKV_ADDR", addr)
+        .args(args)
+        .output()
+        .with_context(|| format!("run wasmkv {}", args.join(" ")))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Poll `check` until it holds, for at most 30 s.
+fn wait_until(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check()? {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
 }

@@ -13,10 +13,22 @@ pub async fn status(
     _: StatusRequest,
 ) -> Result<StatusResponse, ConnectError> {
     let stats = state.db()?.stats();
+    let replication = state.replication()?;
+    let history = replication.history();
+    let (role, replicas, primary) = if replication.is_primary() {
+        ("primary", replication.replicas(stats.applied_lsn), None)
+    } else {
+        ("replica", Vec::new(), replication.link().await)
+    };
     Ok(StatusResponse {
-        role: "primary".into(),
+        role: role.into(),
         lsn: stats.applied_lsn,
-        replication_id: String::new(),
+        replication_id: history.replication_id,
+        secondary_replication_id: history.secondary_id,
+        secondary_lsn: history.secondary_lsn,
+        replica_id: replication.replica_id(),
+        replicas,
+        primary,
         keys: stats.keys,
         memory_bytes: stats.memory_bytes,
         wal_bytes: stats.wal.bytes,
@@ -28,7 +40,6 @@ pub async fn status(
         failure: stats.failure.unwrap_or_default(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_ms: state.started.elapsed().as_millis() as u64,
-        ..StatusResponse::default()
     })
 }
 

@@ -31,12 +31,23 @@ pub fn full(body: impl Into<Bytes>) -> ResponseBody {
 
 /// The error response of a unary call.
 pub fn error_response(error: &ConnectError) -> Response<ResponseBody> {
-    Response::builder()
+    let mut response = Response::builder()
         .status(error.code.http_status())
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(primary) = error
+        .primary
+        .as_deref()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
+        response = response.header(PRIMARY_HEADER, primary);
+    }
+    response
         .body(full(error.to_json()))
         .expect("static headers are valid")
 }
+
+/// Response header naming the primary when a replica refuses a write.
+pub const PRIMARY_HEADER: &str = "wasmkv-primary";
 
 pub fn message_response<T: WireMessage>(codec: Codec, message: &T) -> Response<ResponseBody> {
     Response::builder()

@@ -99,6 +99,9 @@ impl std::fmt::Display for Code {
 pub struct ConnectError {
     pub code: Code,
     pub message: String,
+    /// On a replica's refusal of a write: the primary to send it to, also sent as the
+    /// `wasmkv-primary` response header so that clients can follow it.
+    pub primary: Option<String>,
 }
 
 impl ConnectError {
@@ -106,6 +109,7 @@ impl ConnectError {
         ConnectError {
             code,
             message: message.into(),
+            primary: None,
         }
     }
 
@@ -115,6 +119,20 @@ impl ConnectError {
 
     pub fn unavailable(message: impl Into<String>) -> Self {
         ConnectError::new(Code::Unavailable, message)
+    }
+
+    /// A write sent to a replica: it names the primary that takes writes.
+    pub fn not_primary(primary: &str) -> Self {
+        ConnectError {
+            primary: Some(primary.to_owned()),
+            ..ConnectError::new(
+                Code::FailedPrecondition,
+                format!(
+                    "this node is a replica and does not take writes; send them to the \
+                     primary at {primary}"
+                ),
+            )
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

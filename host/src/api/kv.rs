@@ -1,6 +1,7 @@
 //! The `kvstore.v1.KVStore` methods: request validation and translation to the store.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -20,15 +21,48 @@ use crate::wal::{self, MutationRef, WalError};
 const MAX_UPDATES: u32 = 10_000;
 const DEFAULT_UPDATES: u32 = 1_000;
 
-pub async fn get(state: &Arc<ApiState>, req: GetRequest) -> Result<GetResponse, ConnectError> {
+/// How long a call may wait for replication (`min_lsn`, `min_replicas`): a little less than
+/// the caller's deadline, so that the answer says what was waited for before the deadline
+/// itself cuts the call off; a bounded default without one.
+#[derive(Clone, Copy, Debug)]
+pub struct Wait {
+    until: Instant,
+}
+
+impl Wait {
+    /// Waiting when the caller sets no deadline.
+    const DEFAULT: Duration = Duration::from_secs(10);
+
+    pub fn within(deadline: Option<Duration>) -> Wait {
+        let budget = deadline.map_or(Self::DEFAULT, |d| d.mul_f64(0.9));
+        Wait {
+            until: Instant::now() + budget,
+        }
+    }
+}
+
+pub async fn get(
+    state: &Arc<ApiState>,
+    req: GetRequest,
+    wait: Wait,
+) -> Result<GetResponse, ConnectError> {
     state.limits.check_key(&req.key)?;
     let db = state.db()?;
-    let applied = db.applied_lsn();
-    if req.min_lsn > applied {
-        return Err(ConnectError::unavailable(format!(
-            "this node has applied LSN {applied}, not yet min_lsn {}",
-            req.min_lsn
-        )));
+    if req.min_lsn > db.applied_lsn() {
+        let mut applied = db.watch_applied();
+        let reached = tokio::time::timeout_at(
+            wait.until.into(),
+            applied.wait_for(|&lsn| lsn >= req.min_lsn),
+        )
+        .await;
+        if !matches!(reached, Ok(Ok(_))) {
+            return Err(ConnectError::unavailable(format!(
+                "this node has applied LSN {}, not yet min_lsn {}; retry, or read from the \
+                 primary",
+                db.applied_lsn(),
+                req.min_lsn
+            )));
+        }
     }
     Ok(item_response(db.get(&req.key)))
 }
@@ -58,11 +92,15 @@ fn item_response(item: Option<Item>) -> GetResponse {
     }
 }
 
-pub async fn set(state: &Arc<ApiState>, req: SetRequest) -> Result<SetResponse, ConnectError> {
+pub async fn set(
+    state: &Arc<ApiState>,
+    req: SetRequest,
+    wait: Wait,
+) -> Result<SetResponse, ConnectError> {
+    state.check_primary()?;
     state.limits.check_key(&req.key)?;
     state.limits.check_value(&req.value)?;
     check_ttl(req.ttl_ms)?;
-    refuse_min_replicas(req.min_replicas)?;
     let opts = SetOptions {
         expires_at_ms: expiry(req.ttl_ms),
         if_version: req.if_version,
@@ -72,6 +110,7 @@ pub async fn set(state: &Arc<ApiState>, req: SetRequest) -> Result<SetResponse, 
         .submit_set(req.key, req.value, opts)?
         .wait_async()
         .await?;
+    wait_for_replicas(state, lsn, req.min_replicas, wait).await?;
     Ok(SetResponse { lsn })
 }
 
@@ -79,6 +118,7 @@ pub async fn delete(
     state: &Arc<ApiState>,
     req: DeleteRequest,
 ) -> Result<DeleteResponse, ConnectError> {
+    state.check_primary()?;
     state.limits.check_key(&req.key)?;
     let outcome = state.db()?.submit_delete(req.key)?.wait_async().await?;
     Ok(DeleteResponse {
@@ -90,13 +130,14 @@ pub async fn delete(
 pub async fn write(
     state: &Arc<ApiState>,
     req: WriteRequest,
+    wait: Wait,
 ) -> Result<WriteResponse, ConnectError> {
+    state.check_primary()?;
     if req.mutations.is_empty() {
         return Err(ConnectError::invalid_argument(
             "a write needs at least one mutation",
         ));
     }
-    refuse_min_replicas(req.min_replicas)?;
     let mut total = 0usize;
     let mutations = req
         .mutations
@@ -109,6 +150,7 @@ pub async fn write(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let lsn = state.db()?.submit_write(mutations)?.wait_async().await?;
+    wait_for_replicas(state, lsn, req.min_replicas, wait).await?;
     Ok(WriteResponse { lsn })
 }
 
@@ -134,14 +176,30 @@ fn to_mutation(state: &ApiState, m: Mutation) -> Result<wal::Mutation, ConnectEr
 
 /// Waiting for replicas needs replication, which this node does not run: refuse up front
 /// rather than write and then fail to confirm.
-fn refuse_min_replicas(min_replicas: u32) -> Result<(), ConnectError> {
-    if min_replicas == 0 {
+/// WAIT semantics: the write is applied on the primary whatever happens; the reply waits
+/// until `count` replicas acknowledged `lsn`, or says that they have not yet.
+async fn wait_for_replicas(
+    state: &ApiState,
+    lsn: u64,
+    count: u32,
+    wait: Wait,
+) -> Result<(), ConnectError> {
+    if count == 0 {
+        return Ok(());
+    }
+    let confirmed = state
+        .replication()?
+        .registry()
+        .wait_for_acks(lsn, count as usize, wait.until)
+        .await;
+    if confirmed >= count as usize {
         return Ok(());
     }
     Err(ConnectError::new(
-        Code::FailedPrecondition,
+        Code::DeadlineExceeded,
         format!(
-            "min_replicas is {min_replicas} but this node has no replicas; nothing was written"
+            "the write (LSN {lsn}) is applied on the primary but confirmed by only {confirmed} \
+             of the {count} replicas asked for before the deadline; it is not rolled back"
         ),
     ))
 }

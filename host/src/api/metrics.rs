@@ -1,7 +1,7 @@
 //! Prometheus metrics at `/metrics` (OpenMetrics text): request latency per method, errors by
 //! code, and the store's figures read at scrape time.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::error::Code;
-use crate::db::Db;
+use crate::replication::StoreSlot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
@@ -34,7 +34,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// `store` is filled in once recovery finishes; until then only request metrics show.
-    pub fn new(store: Arc<OnceLock<Db>>) -> Self {
+    pub fn new(store: Arc<StoreSlot>) -> Self {
         let mut registry = Registry::with_prefix("wasmkv");
         let latency = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
             // 25 µs … ~0.8 s.
@@ -84,20 +84,20 @@ impl Metrics {
 /// Reads the store's counters on each scrape, so they are never stale and cost nothing
 /// between scrapes.
 struct StoreCollector {
-    store: Arc<OnceLock<Db>>,
+    store: Arc<StoreSlot>,
 }
 
 impl std::fmt::Debug for StoreCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreCollector")
-            .field("recovered", &self.store.get().is_some())
+            .field("recovered", &self.store.load().is_some())
             .finish()
     }
 }
 
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(db) = self.store.get() else {
+        let Some(db) = self.store.load_full() else {
             return Ok(());
         };
         let s = db.stats();

@@ -8,6 +8,7 @@ pub mod error;
 mod kv;
 mod metrics;
 pub mod proto;
+mod replication;
 mod rest;
 pub mod server;
 mod state;

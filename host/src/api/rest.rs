@@ -35,6 +35,7 @@ pub async fn kv_route(
                     key: key.clone(),
                     min_lsn: 0,
                 },
+                kv::Wait::within(None),
             )
             .await?;
             if !got.found {
@@ -65,6 +66,7 @@ pub async fn kv_route(
                     ttl_ms: ttl.map_or(0, ttl_ms),
                     ..SetRequest::default()
                 },
+                kv::Wait::within(None),
             )
             .await?;
             Ok(json(serde_json::json!({ "lsn": set.lsn })))
@@ -141,7 +143,7 @@ pub fn healthz() -> Response<ResponseBody> {
 }
 
 pub fn readyz(state: &ApiState) -> Response<ResponseBody> {
-    match state.store.get() {
+    match state.store.load_full() {
         None => text(StatusCode::SERVICE_UNAVAILABLE, "recovering\n"),
         Some(db) => match db.stats().failure {
             Some(failure) => text(

@@ -18,7 +18,7 @@ use super::codec::WireMessage;
 use super::connect::{self, ResponseBody};
 use super::error::{Code, ConnectError};
 use super::state::ApiState;
-use super::{admin, kv, rest, watch};
+use super::{admin, kv, replication, rest, watch};
 
 /// How long shutdown waits for in-flight requests before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,9 +76,14 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Respon
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let (method_name, result) = match (&parts.method, path) {
-        (&Method::POST, "/kvstore.v1.KVStore/Watch") => {
-            ("Watch", stream_rpc(&state, &parts.headers, body).await)
-        }
+        (&Method::POST, "/kvstore.v1.KVStore/Watch") => (
+            "Watch",
+            stream_rpc(&state, &parts.headers, body, false).await,
+        ),
+        (&Method::POST, "/kvstore.v1.Replication/Subscribe") => (
+            "Subscribe",
+            stream_rpc(&state, &parts.headers, body, true).await,
+        ),
         (&Method::POST, p) if p.starts_with("/kvstore.v1.") => {
             let name = rpc_name(p);
             (name, rpc(&state, name, &parts.headers, body).await)
@@ -113,7 +118,7 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Respon
 
 /// The metric label of an RPC path: a fixed set, so a client cannot grow the label space.
 fn rpc_name(path: &str) -> &'static str {
-    const METHODS: [&str; 9] = [
+    const METHODS: [&str; 14] = [
         "/kvstore.v1.KVStore/Get",
         "/kvstore.v1.KVStore/Set",
         "/kvstore.v1.KVStore/Delete",
@@ -123,6 +128,11 @@ fn rpc_name(path: &str) -> &'static str {
         "/kvstore.v1.Admin/Status",
         "/kvstore.v1.Admin/Digest",
         "/kvstore.v1.Admin/Snapshot",
+        "/kvstore.v1.Admin/AddReplica",
+        "/kvstore.v1.Admin/RemoveReplica",
+        "/kvstore.v1.Admin/Promote",
+        "/kvstore.v1.Admin/Follow",
+        "/kvstore.v1.Replication/Ack",
     ];
     METHODS
         .into_iter()
@@ -140,7 +150,8 @@ async fn rpc(
         return Err(ConnectError::new(
             Code::Unimplemented,
             "no such method; services are kvstore.v1.KVStore (Get, Set, Delete, GetUpdates, \
-             MultiGet, Write, Watch) and kvstore.v1.Admin (Status, Digest, Snapshot)",
+             MultiGet, Write, Watch), kvstore.v1.Admin (Status, Digest, Snapshot, AddReplica, \
+             RemoveReplica, Promote, Follow) and kvstore.v1.Replication (Subscribe, Ack)",
         ));
     }
     let codec = connect::unary_codec(headers)?;
@@ -153,17 +164,23 @@ async fn rpc(
         ));
     }
     let body = read_request(state, headers, body).await?;
+    let wait = kv::Wait::within(deadline);
     let call = async {
         match name {
-            "Get" => unary(codec, &body, |r| kv::get(state, r)).await,
-            "Set" => unary(codec, &body, |r| kv::set(state, r)).await,
+            "Get" => unary(codec, &body, |r| kv::get(state, r, wait)).await,
+            "Set" => unary(codec, &body, |r| kv::set(state, r, wait)).await,
             "Delete" => unary(codec, &body, |r| kv::delete(state, r)).await,
             "GetUpdates" => unary(codec, &body, |r| kv::get_updates(state, r)).await,
             "MultiGet" => unary(codec, &body, |r| kv::multi_get(state, r)).await,
-            "Write" => unary(codec, &body, |r| kv::write(state, r)).await,
+            "Write" => unary(codec, &body, |r| kv::write(state, r, wait)).await,
             "Status" => unary(codec, &body, |r| admin::status(state, r)).await,
             "Digest" => unary(codec, &body, |r| admin::digest(state, r)).await,
             "Snapshot" => unary(codec, &body, |r| admin::snapshot(state, r)).await,
+            "AddReplica" => unary(codec, &body, |r| replication::add_replica(state, r)).await,
+            "RemoveReplica" => unary(codec, &body, |r| replication::remove_replica(state, r)).await,
+            "Promote" => unary(codec, &body, |r| replication::promote(state, r)).await,
+            "Follow" => unary(codec, &body, |r| replication::follow(state, r)).await,
+            "Ack" => unary(codec, &body, |r| replication::ack(state, r)).await,
             _ => unreachable!("rpc_name returns only the names above"),
         }
     };
@@ -202,11 +219,17 @@ async fn stream_rpc(
     state: &Arc<ApiState>,
     headers: &http::HeaderMap,
     body: Incoming,
+    subscribe: bool,
 ) -> Result<Response<ResponseBody>, ConnectError> {
     let codec = connect::stream_codec(headers)?;
     let body = read_request(state, headers, body).await?;
-    let request = connect::decode_stream_request(codec, &body)?;
-    watch::watch(state, codec, request).await
+    if subscribe {
+        let request = connect::decode_stream_request(codec, &body)?;
+        replication::subscribe(state, codec, request).await
+    } else {
+        let request = connect::decode_stream_request(codec, &body)?;
+        watch::watch(state, codec, request).await
+    }
 }
 
 async fn unary<

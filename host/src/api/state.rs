@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::error::{Code, ConnectError};
 use super::metrics::Metrics;
 use crate::db::{Db, DbError};
+use crate::replication::{Replication, StoreSlot};
 
 /// Request size limits, checked before a request reaches the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,8 +57,11 @@ impl Limits {
 }
 
 pub struct ApiState {
-    /// Filled in when recovery finishes; requests before that get `unavailable`.
-    pub store: Arc<OnceLock<Db>>,
+    /// Filled in when recovery finishes (requests before that get `unavailable`), and
+    /// replaced whole when a replica completes a full resync.
+    pub store: Arc<StoreSlot>,
+    /// Set with the store: the node's replication role.
+    pub replication: OnceLock<Arc<Replication>>,
     pub limits: Limits,
     pub metrics: Metrics,
     pub started: Instant,
@@ -67,10 +71,12 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(limits: Limits) -> Self {
-        let store = Arc::new(OnceLock::new());
+        let store = Arc::new(StoreSlot::empty());
+        let replication = OnceLock::new();
         ApiState {
             metrics: Metrics::new(Arc::clone(&store)),
             store,
+            replication,
             limits,
             started: Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),
@@ -86,10 +92,20 @@ impl ApiState {
         self.shutdown.subscribe()
     }
 
-    pub fn db(&self) -> Result<&Db, ConnectError> {
-        self.store.get().ok_or_else(|| {
-            ConnectError::unavailable("the node is recovering its data; retry shortly")
-        })
+    pub fn db(&self) -> Result<Arc<Db>, ConnectError> {
+        self.store.load_full().ok_or_else(recovering)
+    }
+
+    pub fn replication(&self) -> Result<&Arc<Replication>, ConnectError> {
+        self.replication.get().ok_or_else(recovering)
+    }
+
+    /// Writes are taken by the primary only: on a replica, the error names the primary.
+    pub fn check_primary(&self) -> Result<(), ConnectError> {
+        match self.replication()?.primary_address() {
+            Some(primary) => Err(ConnectError::not_primary(&primary)),
+            None => Ok(()),
+        }
     }
 
     /// Run a store call that may block (fsync, snapshot, log reads) off the async workers.
@@ -98,8 +114,15 @@ impl ApiState {
         call: impl FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, ConnectError> {
         let state = Arc::clone(self);
-        tokio::task::spawn_blocking(move || Ok(call(state.db()?)?))
-            .await
-            .map_err(|e| ConnectError::new(Code::Internal, format!("store call failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let db = state.db()?;
+            Ok(call(&db)?)
+        })
+        .await
+        .map_err(|e| ConnectError::new(Code::Internal, format!("store call failed: {e}")))?
     }
+}
+
+fn recovering() -> ConnectError {
+    ConnectError::unavailable("the node is recovering its data; retry shortly")
 }

@@ -147,7 +147,7 @@ fn read_step(
 }
 
 /// A response body fed by a channel: each item is one envelope.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+pub(super) struct ChannelBody(pub(super) mpsc::Receiver<Bytes>);
 
 impl Body for ChannelBody {
     type Data = Bytes;

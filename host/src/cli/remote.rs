@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use prost_reflect::{ReflectMessage, SerializeOptions};
 
-use wasmkv::api::proto::{Entry, Op, StatusResponse};
+use wasmkv::api::proto::{Entry, Op, PromoteResponse, StatusResponse};
 use wasmkv::client::{Client, SetOptions};
 
 use super::escape;
@@ -119,6 +119,37 @@ pub fn snapshot(target: &Target) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn add_replica(target: &Target, address: &str) -> Result<ExitCode> {
+    let client = target.client()?;
+    block_on(async {
+        client
+            .add_replica(address)
+            .await
+            .with_context(|| format!("replica add {address}"))
+    })?;
+    print(format!("added replica {address}\n").as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn remove_replica(target: &Target, address: &str) -> Result<ExitCode> {
+    let client = target.client()?;
+    block_on(async {
+        client
+            .remove_replica(address)
+            .await
+            .with_context(|| format!("replica remove {address}"))
+    })?;
+    print(format!("removed replica {address}\n").as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn promote(target: &Target) -> Result<ExitCode> {
+    let client = target.client()?;
+    let resp = block_on(async { client.promote().await.context("promote") })?;
+    print(promote_text(&resp).as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Stream changes until the node ends the watch (or the user interrupts it): one line per
 /// change, `lsn=N set KEY (LEN bytes)` or `lsn=N delete KEY`.
 pub fn watch(target: &Target, prefix: Vec<u8>, from_lsn: u64) -> Result<ExitCode> {
@@ -151,6 +182,14 @@ fn entry_line(entry: &Entry) -> String {
     }
 }
 
+/// `name: value` lines, as `status` prints them.
+fn promote_text(p: &PromoteResponse) -> String {
+    format!(
+        "replication_id: {}\nsecondary_replication_id: {}\nlsn: {}\n",
+        p.replication_id, p.secondary_replication_id, p.lsn
+    )
+}
+
 /// `name: value` lines, named as the proto fields are so they can be grepped and matched
 /// with the JSON; uptime also in words. `failure` only appears when there is one.
 fn status_text(s: &StatusResponse) -> String {
@@ -172,6 +211,44 @@ fn status_text(s: &StatusResponse) -> String {
     ];
     if !s.failure.is_empty() {
         lines.push(format!("failure: {}", s.failure));
+    }
+    if !s.secondary_replication_id.is_empty() {
+        lines.push(format!(
+            "secondary_replication_id: {} (through lsn {})",
+            s.secondary_replication_id, s.secondary_lsn
+        ));
+    }
+    if let Some(p) = &s.primary {
+        lines.push(format!(
+            "primary: {} {} applied_lsn={} lag={} entries/{} ms full_syncs={} partial_syncs={}{}",
+            p.address,
+            p.state,
+            p.applied_lsn,
+            p.lag_entries,
+            p.lag_ms,
+            p.full_syncs,
+            p.partial_syncs,
+            if p.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(" last_error={:?}", p.last_error)
+            }
+        ));
+    }
+    for r in &s.replicas {
+        lines.push(format!(
+            "replica: {} {} {} acked_lsn={} lag={} entries/{} ms last_ack={} ms ago \
+             full_syncs={} partial_syncs={}",
+            r.id,
+            r.address,
+            r.state,
+            r.acked_lsn,
+            r.lag_entries,
+            r.lag_ms,
+            r.last_ack_age_ms,
+            r.full_syncs,
+            r.partial_syncs
+        ));
     }
     let mut text = lines.join("\n");
     text.push('\n');
@@ -196,6 +273,7 @@ fn status_json(s: &StatusResponse) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmkv::api::proto as crate_proto;
 
     fn sample() -> StatusResponse {
         StatusResponse {
@@ -218,6 +296,48 @@ mod tests {
             ..sample()
         };
         assert!(status_text(&failed).ends_with("failure: fsync failed\n"));
+    }
+
+    #[test]
+    fn status_text_shows_the_replication_links() {
+        let mut status = sample();
+        status.replicas = vec![crate_proto::ReplicaStatus {
+            id: "r1".into(),
+            address: "h:2".into(),
+            state: "streaming".into(),
+            acked_lsn: 40,
+            lag_entries: 2,
+            ..Default::default()
+        }];
+        let text = status_text(&status);
+        assert!(
+            text.contains("replica: r1 h:2 streaming acked_lsn=40 lag=2 entries"),
+            "{text}"
+        );
+        status.primary = Some(crate_proto::PrimaryLinkStatus {
+            address: "h:1".into(),
+            state: "disconnected".into(),
+            last_error: "refused".into(),
+            ..Default::default()
+        });
+        let text = status_text(&status);
+        assert!(
+            text.contains("primary: h:1 disconnected") && text.contains("last_error=\"refused\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn promote_text_names_the_new_history_and_the_lsn() {
+        let resp = PromoteResponse {
+            replication_id: "new".into(),
+            secondary_replication_id: "old".into(),
+            lsn: 42,
+        };
+        assert_eq!(
+            promote_text(&resp),
+            "replication_id: new\nsecondary_replication_id: old\nlsn: 42\n"
+        );
     }
 
     #[test]

@@ -190,6 +190,46 @@ pub(super) const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "replication.backlog_max",
+        apply: |c, v| {
+            c.replication.backlog_max = parse_size(v)?;
+            Ok(())
+        },
+        check: |c| positive_size(c.replication.backlog_max),
+    },
+    Setting {
+        key: "replication.backlog_max_age",
+        apply: |c, v| {
+            c.replication.backlog_max_age = parse_duration(v)?;
+            Ok(())
+        },
+        check: |c| positive_duration(c.replication.backlog_max_age),
+    },
+    Setting {
+        key: "replication.labels",
+        apply: |c, v| {
+            c.replication.labels = parse_labels(v)?;
+            Ok(())
+        },
+        check: |_| Ok(()),
+    },
+    Setting {
+        key: "replication.advertise",
+        apply: |c, v| {
+            c.replication.advertise = v.to_owned();
+            Ok(())
+        },
+        check: |_| Ok(()),
+    },
+    Setting {
+        key: "replication.allow_full_resync_from_empty",
+        apply: |c, v| {
+            c.replication.allow_full_resync_from_empty = parse_bool(v)?;
+            Ok(())
+        },
+        check: |_| Ok(()),
+    },
+    Setting {
         key: "log.level",
         apply: |c, v| {
             c.log.level = v.to_owned();
@@ -290,6 +330,30 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
 ///
 /// Single-letter units (`64M`) are refused even though the parser knows them: operators
 /// read `M` as MiB as often as MB, and a config should not need a footnote.
+/// `true` or `false`.
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("expected true or false, got {other:?}")),
+    }
+}
+
+/// `key=value` pairs separated by commas, e.g. `region=us,zone=a` (empty = no labels).
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => Err(format!(
+                "expected labels as key=value pairs separated by commas (region=us,zone=a), \
+                 got {pair:?}"
+            )),
+        })
+        .collect()
+}
+
 pub(super) fn parse_size(text: &str) -> Result<u64, String> {
     let unit = text.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.' || c == ' ');
     let starts_with_number = text.starts_with(|c: char| c.is_ascii_digit());
@@ -455,7 +519,15 @@ mod tests {
         assert_eq!(
             keys_in(None),
             [
-                "data_dir", "server", "wal", "storage", "limits", "primary", "log", "master"
+                "data_dir",
+                "server",
+                "wal",
+                "storage",
+                "limits",
+                "primary",
+                "replication",
+                "log",
+                "master"
             ]
         );
         assert_eq!(

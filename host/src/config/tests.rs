@@ -58,6 +58,8 @@ fn every_key_is_read() {
          eviction_samples: 7\n  disk_reserve: 1MB\n  snapshot_after: 0\n\
          limits: {max_key_bytes: 512, max_value_bytes: 64KiB, max_request_bytes: 1MiB}\n\
          primary: {address: 'p:1', sync_interval: 2m}\n\
+         replication: {backlog_max: 1MB, backlog_max_age: 5m, labels: 'region=us, zone = a',\n\
+           advertise: 'r1:8081', allow_full_resync_from_empty: true}\n\
          log: {level: 'wasmkv=debug,info'}\n",
     )
     .unwrap();
@@ -91,6 +93,16 @@ fn every_key_is_read() {
                 address: "p:1".into(),
                 sync_interval: Duration::from_secs(120)
             }),
+            replication: ReplicationConfig {
+                backlog_max: 1_000_000,
+                backlog_max_age: Duration::from_secs(300),
+                labels: [("region", "us"), ("zone", "a")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                advertise: "r1:8081".into(),
+                allow_full_resync_from_empty: true,
+            },
             log: LogConfig {
                 level: "wasmkv=debug,info".into()
             },
@@ -227,6 +239,22 @@ fn zero_values_that_would_break_the_node_are_refused() {
     // Unlimited and "pick a port" are zeros on purpose.
     load("server: {port: 0}\nstorage: {max_entries: 0, max_memory: 0, snapshot_after: 0}\n")
         .unwrap();
+}
+
+#[test]
+fn replication_labels_and_flags_are_checked() {
+    let err = load_err("replication:\n  labels: region\n");
+    assert!(
+        err.contains("replication.labels: expected labels as key=value pairs"),
+        "{err}"
+    );
+    let err = load_err("replication:\n  allow_full_resync_from_empty: maybe\n");
+    assert!(
+        err.contains("replication.allow_full_resync_from_empty: expected true or false"),
+        "{err}"
+    );
+    let config = load("replication: {labels: ''}\n").unwrap();
+    assert!(config.replication.labels.is_empty());
 }
 
 #[test]

@@ -40,6 +40,15 @@ pub enum DbError {
     },
     #[error(transparent)]
     Wal(#[from] WalError),
+    /// A replicated batch does not continue this store's log.
+    #[error(
+        "replicated record {got} does not follow this store's last LSN {last}: the stream \
+         skipped records"
+    )]
+    ReplicationGap { last: u64, got: u64 },
+    /// A replicated batch failed its checksums or does not decode.
+    #[error("replicated records are damaged: {0}")]
+    BadReplicationStream(#[source] crate::wal::DecodeError),
 }
 
 fn describe_version(actual: u64) -> String {
@@ -73,7 +82,10 @@ impl DbError {
             DbError::Locked { .. } | DbError::Wal(WalError::Failed(_) | WalError::Closed) => {
                 ErrorKind::Unavailable
             }
-            DbError::Io { .. } | DbError::Wal(_) => ErrorKind::Internal,
+            DbError::Io { .. }
+            | DbError::Wal(_)
+            | DbError::ReplicationGap { .. }
+            | DbError::BadReplicationStream(_) => ErrorKind::Internal,
         }
     }
 }

@@ -54,7 +54,7 @@ fn run(inner: &Arc<Inner>) {
         if inner.wal.failure().is_some() {
             continue;
         }
-        if inner.opts.active_expiry
+        if inner.active_expiry.load(Ordering::Relaxed)
             && let Err(e) = inner.expire_cycle(EXPIRY_BUDGET)
         {
             tracing::warn!(error = %e, "active expiry failed");

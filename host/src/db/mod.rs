@@ -168,6 +168,9 @@ struct Inner {
     expired: AtomicU64,
     evicted: AtomicU64,
     stop: maintenance::Stop,
+    /// Whether this store deletes expired keys itself: a primary does, a replica waits for
+    /// its primary's deletes. Changes when a node is promoted or starts to follow.
+    active_expiry: AtomicBool,
     /// Released by `close`, so a closed store frees its directory even while handles to it
     /// linger.
     lock: Mutex<Option<DirLock>>,
@@ -245,6 +248,7 @@ impl Db {
             expired: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             stop: maintenance::Stop::default(),
+            active_expiry: AtomicBool::new(opts.active_expiry),
             lock: Mutex::new(Some(lock)),
             opts,
         });
@@ -322,6 +326,53 @@ impl Db {
         Ok(self.submitted(Some(lsn), lsn))
     }
 
+    /// Log and apply records shipped by a primary (`frames`: WAL records in the on-disk frame
+    /// format), keeping the primary's LSNs so that both logs number the same history alike.
+    /// Records this store already has are skipped (a batch sent again after a reconnect); a
+    /// record past the next LSN is an error, as is any damage (checked before anything of the
+    /// batch is logged). Returns the applied LSN once the batch is committed and applied.
+    ///
+    /// Limits and eviction are the primary's business: its Evict records arrive like any
+    /// other, so a replica holds exactly what its primary holds.
+    pub fn apply_replicated(&self, frames: &[u8]) -> Result<u64, DbError> {
+        let mut records = Vec::new();
+        let mut rest = frames;
+        while !rest.is_empty() {
+            let (record, used) = wal::decode_record(rest).map_err(DbError::BadReplicationStream)?;
+            records.push(record);
+            rest = &rest[used..];
+        }
+        let mut last = None;
+        {
+            let mut seq = self.inner.seq.lock();
+            let now = now_ms();
+            for record in records {
+                let next = self.inner.wal.last_lsn() + 1;
+                if record.lsn < next {
+                    continue;
+                }
+                if record.lsn > next {
+                    return Err(DbError::ReplicationGap {
+                        last: next - 1,
+                        got: record.lsn,
+                    });
+                }
+                let plan = seq.plan(&self.inner.engine, &record.command, now);
+                let lsn = self
+                    .inner
+                    .wal
+                    .append(record.timestamp_ms, &record.command)?;
+                debug_assert_eq!(lsn, record.lsn, "the log appends at its next LSN");
+                seq.record(lsn, record.command, plan);
+                last = Some(lsn);
+            }
+        }
+        if let Some(lsn) = last {
+            self.inner.finish(lsn)?;
+        }
+        Ok(self.applied_lsn())
+    }
+
     fn submitted<T>(&self, lsn: Option<u64>, outcome: T) -> Submitted<'_, T> {
         Submitted {
             inner: &self.inner,
@@ -347,6 +398,15 @@ impl Db {
         self.inner.snapshot()
     }
 
+    /// Visits every stored entry, chunk by chunk, without blocking writers (see
+    /// [`Engine::for_each_chunk`]): a copy for a full resync.
+    pub fn for_each_chunk<E>(
+        &self,
+        f: impl FnMut(&[crate::storage::SnapshotEntry]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.inner.engine.for_each_chunk(f)
+    }
+
     /// The LSN of the last write visible to readers.
     pub fn applied_lsn(&self) -> u64 {
         self.inner.applied_lsn.load(Ordering::Acquire)
@@ -366,6 +426,18 @@ impl Db {
     /// Keep WAL segments from `lsn` on even when a snapshot covers them (replication uses it).
     pub fn set_retention_floor(&self, lsn: u64) {
         self.inner.wal.set_retention_floor(lsn);
+    }
+
+    /// Start or stop deleting expired keys in the background (see
+    /// [`DbOptions::active_expiry`]).
+    pub fn set_active_expiry(&self, enabled: bool) {
+        self.inner.active_expiry.store(enabled, Ordering::Relaxed);
+    }
+
+    /// The lowest LSN the log can keep from while holding at most `bytes` of segments (the
+    /// segment being written always counts): the replication backlog bound.
+    pub fn log_floor_within(&self, bytes: u64) -> u64 {
+        self.inner.wal.oldest_lsn_within(bytes)
     }
 
     /// Run one active-expiry cycle now (the background thread runs them every 100 ms).
@@ -648,11 +720,13 @@ impl Inner {
     }
 }
 
-fn wal_dir(dir: &Path) -> PathBuf {
+/// Where the store in `dir` keeps its WAL segments.
+pub fn wal_dir(dir: &Path) -> PathBuf {
     dir.join("wal")
 }
 
-fn snap_dir(dir: &Path) -> PathBuf {
+/// Where the store in `dir` keeps its snapshots (a replica's full resync writes one there).
+pub fn snap_dir(dir: &Path) -> PathBuf {
     dir.join("snap")
 }
 

@@ -375,6 +375,22 @@ impl Wal {
         self.shared.retention_floor.store(lsn, Ordering::Release);
     }
 
+    /// The first LSN of the oldest segment such that it and every later one together hold at
+    /// most `bytes` (the segment being written is always counted, whatever its size).
+    pub fn oldest_lsn_within(&self, bytes: u64) -> u64 {
+        let segments = self.shared.segments.lock();
+        let mut total = 0u64;
+        let mut oldest = self.last_lsn() + 1;
+        for (i, seg) in segments.iter().enumerate().rev() {
+            total += std::fs::metadata(&seg.path).map_or(0, |m| m.len());
+            if total > bytes && i + 1 < segments.len() {
+                break;
+            }
+            oldest = seg.first_lsn;
+        }
+        oldest
+    }
+
     /// Remove the segments that hold only records at or below `lsn` (covered by a snapshot)
     /// and below the retention floor. The segment being written is never removed.
     pub fn remove_segments_through(&self, lsn: u64) -> Result<Vec<PathBuf>> {

@@ -20,8 +20,10 @@ pub use error::{Result, WalError};
 pub use log::{SyncPolicy, Wal, WalOptions, WalStats};
 pub use reader::LogReader;
 pub use record::{Command, DecodeError, Mutation, MutationRef, Record};
+/// Record frames travel as they are stored: replication ships them to replicas.
+pub use record::{decode as decode_record, encode as encode_record};
 pub use recovery::{RepairReport, VerifyReport, WalDamage, repair, verify};
-pub use segment::segment_path;
+pub use segment::{segment_path, sync_dir};
 
 #[cfg(test)]
 mod tests;

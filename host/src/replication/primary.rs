@@ -1,0 +1,224 @@
+//! The primary's side of one `Replication/Subscribe` stream.
+//!
+//! The first message says how the replica is brought up to date. If it shares this node's
+//! history up to where it is (same replication ID, or the secondary one up to the fork point)
+//! and the log still holds what follows, the log is streamed from there: a partial resync.
+//! Otherwise a copy of the data is streamed first (a full resync): the copy is taken shard by
+//! shard while writes go on, so it is consistent only once the log from where the copy began
+//! (`snapshot_lsn`) through where it ended (`snapshot_end_lsn`) is applied on top; every
+//! record is an absolute overwrite or delete, so replaying what the copy already has is
+//! harmless. Then committed records are pushed as they commit, in batches, with heartbeats
+//! while idle.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use super::identity::History;
+use super::registry::Registry;
+use crate::api::error::{Code, ConnectError};
+use crate::api::proto::{SnapshotItem, StreamEvent, SubscribeRequest, SubscribeResponse};
+use crate::clock::now_ms;
+use crate::db::{Db, DbError};
+use crate::wal::{self, WalError};
+
+/// How often an idle stream tells the replica the primary's LSN and clock.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Most records and bytes per message, so one batch never holds up the stream for long.
+const RECORDS_PER_MESSAGE: usize = 1024;
+const BYTES_PER_MESSAGE: usize = 1 << 20;
+/// Most snapshot entries per message.
+const ITEMS_PER_MESSAGE: usize = 1024;
+
+/// Where a stream's messages go: the encoded messages are queued for the HTTP body.
+pub struct Outbox {
+    pub tx: mpsc::Sender<Bytes>,
+    pub encode: Box<dyn Fn(&SubscribeResponse) -> Bytes + Send + Sync>,
+}
+
+impl Outbox {
+    /// False once the replica is gone.
+    async fn send(&self, message: SubscribeResponse) -> bool {
+        self.tx.send((self.encode)(&message)).await.is_ok()
+    }
+}
+
+/// Serve one subscription until the replica goes away, the node shuts down, or the log no
+/// longer holds what the replica needs (it then reconnects and gets a full resync).
+pub async fn serve(
+    db: Arc<Db>,
+    registry: Arc<Registry>,
+    history: History,
+    request: SubscribeRequest,
+    out: Outbox,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnectError> {
+    let mut applied = db.watch_applied();
+    let labels: BTreeMap<String, String> = request.labels.clone().into_iter().collect();
+    let primary_lsn = db.applied_lsn();
+    let partial = history.shares(&request.replication_id, request.from_lsn, primary_lsn)
+        && db.read_log(request.from_lsn).is_ok();
+    let start = if partial {
+        request.from_lsn
+    } else {
+        primary_lsn
+    };
+    let guard = registry.connect(
+        &request.replica_id,
+        &request.address,
+        labels,
+        start,
+        !partial,
+    );
+    tracing::info!(
+        replica = %request.replica_id,
+        address = %request.address,
+        from_lsn = request.from_lsn,
+        mode = if partial { "partial" } else { "full" },
+        "replica subscribed"
+    );
+    let hello = SubscribeResponse {
+        event: StreamEvent::Hello as i32,
+        replication_id: history.replication_id.clone(),
+        full_resync: !partial,
+        snapshot_lsn: start,
+        primary_empty: db.stats().keys == 0,
+        ..heartbeat(primary_lsn)
+    };
+    if !out.send(hello).await {
+        return Ok(());
+    }
+    if !partial {
+        if !send_snapshot(&db, &out).await? {
+            return Ok(());
+        }
+        let end = SubscribeResponse {
+            event: StreamEvent::SnapshotEnd as i32,
+            snapshot_end_lsn: db.applied_lsn(),
+            ..heartbeat(db.applied_lsn())
+        };
+        if !out.send(end).await {
+            return Ok(());
+        }
+        guard.streaming();
+    }
+    let mut cursor = start;
+    loop {
+        if *shutdown.borrow() {
+            return Err(ConnectError::unavailable(
+                "the primary is shutting down; reconnect to resume",
+            ));
+        }
+        let step = {
+            let db = Arc::clone(&db);
+            tokio::task::spawn_blocking(move || read_records(&db, cursor))
+                .await
+                .map_err(|e| ConnectError::internal(format!("log reader failed: {e}")))??
+        };
+        if let Some((records, last)) = step {
+            cursor = last;
+            let message = SubscribeResponse {
+                event: StreamEvent::Records as i32,
+                records,
+                ..heartbeat(db.applied_lsn())
+            };
+            if !out.send(message).await {
+                return Ok(());
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return Ok(()) },
+            () = tokio::time::sleep(HEARTBEAT) => {
+                if !out.send(heartbeat(db.applied_lsn())).await {
+                    return Ok(());
+                }
+            }
+            _ = shutdown.changed() => {}
+            () = out.tx.closed() => return Ok(()),
+        }
+    }
+}
+
+fn heartbeat(primary_lsn: u64) -> SubscribeResponse {
+    SubscribeResponse {
+        event: StreamEvent::Heartbeat as i32,
+        primary_lsn,
+        primary_time_ms: now_ms() as i64,
+        ..SubscribeResponse::default()
+    }
+}
+
+/// Stream a copy of the data; false if the replica went away.
+async fn send_snapshot(db: &Arc<Db>, out: &Outbox) -> Result<bool, ConnectError> {
+    let (chunks, mut received) = mpsc::channel::<Vec<SnapshotItem>>(4);
+    let copier = {
+        let db = Arc::clone(db);
+        tokio::task::spawn_blocking(move || {
+            db.for_each_chunk(|entries| {
+                for part in entries.chunks(ITEMS_PER_MESSAGE) {
+                    let items = part
+                        .iter()
+                        .map(|e| SnapshotItem {
+                            key: e.key.clone(),
+                            value: e.value.clone(),
+                            expires_at_ms: e.expires_at_ms as i64,
+                            version: e.version,
+                        })
+                        .collect();
+                    chunks.blocking_send(items)?;
+                }
+                Ok::<(), mpsc::error::SendError<_>>(())
+            })
+        })
+    };
+    while let Some(items) = received.recv().await {
+        let message = SubscribeResponse {
+            event: StreamEvent::Snapshot as i32,
+            items,
+            ..heartbeat(db.applied_lsn())
+        };
+        if !out.send(message).await {
+            return Ok(false);
+        }
+    }
+    // The copier ends once every chunk is sent, or early if the receiver went away.
+    let copied = copier
+        .await
+        .map_err(|e| ConnectError::internal(format!("snapshot copy failed: {e}")))?;
+    Ok(copied.is_ok())
+}
+
+/// The next committed records after `cursor` as WAL frames, and the last LSN among them;
+/// `None` when there is nothing new.
+fn read_records(db: &Db, cursor: u64) -> Result<Option<(Bytes, u64)>, ConnectError> {
+    let reader = db.read_log(cursor).map_err(|e| match e {
+        DbError::Wal(WalError::Trimmed { requested, oldest }) => ConnectError::new(
+            Code::OutOfRange,
+            format!(
+                "the primary's log no longer holds LSN {requested} (the oldest kept is \
+                 {oldest}); reconnect for a full resync"
+            ),
+        ),
+        other => other.into(),
+    })?;
+    let mut frames = Vec::new();
+    let mut last = None;
+    for record in reader.take(RECORDS_PER_MESSAGE) {
+        let record = record.map_err(DbError::from)?;
+        wal::encode_record(
+            record.lsn,
+            record.timestamp_ms,
+            &record.command,
+            &mut frames,
+        );
+        last = Some(record.lsn);
+        if frames.len() >= BYTES_PER_MESSAGE {
+            break;
+        }
+    }
+    Ok(last.map(|last| (Bytes::from(frames), last)))
+}
