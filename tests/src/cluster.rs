@@ -828,23 +828,34 @@ impl NodeProcess {
         )
     }
 
-    /// Wait until this replica streams after a partial resync done by this process
-    /// (`primary.partial_syncs` ≥ 1), and check that it did no full one; returns its link.
+    /// Wait until this replica streams after a resync done by this process since it started,
+    /// and check that it was partial: `primary.partial_syncs` ≥ 1 and `full_syncs` == 0.
+    /// Returns its link.
     #[track_caller]
     pub fn wait_partial_resync(&self) -> PrimaryLinkStatus {
+        self.wait_partial_resync_since(&PrimaryLinkStatus::default())
+    }
+
+    /// Wait until this replica streams after one more resync than its link counted in
+    /// `before`, and check that the new ones were partial: `partial_syncs` grew and
+    /// `full_syncs` did not. (Waiting for any resync rather than a partial one makes a full
+    /// resync fail at once, with the counters in the message.) Returns its link.
+    #[track_caller]
+    pub fn wait_partial_resync_since(&self, before: &PrimaryLinkStatus) -> PrimaryLinkStatus {
+        let syncs = |p: &PrimaryLinkStatus| p.full_syncs + p.partial_syncs;
         let status = self.wait_status(
-            "the replica to stream after a partial resync",
+            &format!("the replica to stream after a resync (before: {before:?})"),
             SYNC_TIMEOUT,
             |s| {
                 s.primary
                     .as_ref()
-                    .is_some_and(|p| p.state == "streaming" && p.partial_syncs >= 1)
+                    .is_some_and(|p| p.state == "streaming" && syncs(p) > syncs(before))
             },
         );
         let link = status.primary.expect("checked by the wait");
-        if link.full_syncs != 0 {
+        if link.full_syncs != before.full_syncs || link.partial_syncs <= before.partial_syncs {
             self.fail(&format!(
-                "expected partial resyncs only since this process started, got {link:?}"
+                "expected a partial resync, not a full one: before {before:?}, now {link:?}"
             ));
         }
         link
