@@ -22,8 +22,14 @@
 //! not start.
 
 mod env;
+mod plugins;
 mod settings;
 mod yaml;
+
+pub use plugins::{
+    EvictStep, FilterOnError, PluginLimits, PluginsConfig, ReplicateStep, ValidateOnError,
+    ValidateStep,
+};
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -37,7 +43,7 @@ use crate::wal::{SyncPolicy, WalOptions};
 /// Everything a node is started with. Build it with [`Config::load`]; the fields are public
 /// so that the server and tests can read (and adjust) them, but [`Config::validate`] should
 /// pass before [`Config::db_options`] is called.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Where the store keeps `LOCK`, `wal/` and `snap/`.
     pub data_dir: PathBuf,
@@ -48,6 +54,8 @@ pub struct Config {
     /// The primary this node follows; `None` for a primary.
     pub primary: Option<PrimaryConfig>,
     pub replication: ReplicationConfig,
+    /// Plugin directory, sandbox limits and chains (`plugins:`).
+    pub plugins: PluginsConfig,
     pub log: LogConfig,
 }
 
@@ -236,6 +244,7 @@ impl Default for Config {
                 advertise: String::new(),
                 allow_full_resync_from_empty: false,
             },
+            plugins: PluginsConfig::default(),
             log: LogConfig {
                 level: "info".to_owned(),
             },

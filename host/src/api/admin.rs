@@ -18,7 +18,7 @@ pub async fn status(
     let (role, replicas, primary) = if replication.is_primary() {
         ("primary", replication.replicas(stats.applied_lsn), None)
     } else {
-        ("replica", Vec::new(), replication.link().await)
+        ("replica", Vec::new(), replication.link())
     };
     Ok(StatusResponse {
         role: role.into(),

@@ -1,7 +1,7 @@
 //! Prometheus metrics at `/metrics` (OpenMetrics text): request latency per method, errors by
 //! code, and the store's figures read at scrape time.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::error::Code;
-use crate::replication::StoreSlot;
+use crate::replication::{Replication, StoreSlot};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
@@ -34,7 +34,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// `store` is filled in once recovery finishes; until then only request metrics show.
-    pub fn new(store: Arc<StoreSlot>) -> Self {
+    pub fn new(store: Arc<StoreSlot>, replication: Arc<OnceLock<Arc<Replication>>>) -> Self {
         let mut registry = Registry::with_prefix("wasmkv");
         let latency = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
             // 25 µs … ~0.8 s.
@@ -51,6 +51,10 @@ impl Metrics {
             "Requests answered with an error, by method and Connect code",
             errors.clone(),
         );
+        registry.register_collector(Box::new(ReplicationCollector {
+            store: Arc::clone(&store),
+            replication,
+        }));
         registry.register_collector(Box::new(StoreCollector { store }));
         Metrics {
             registry,
@@ -167,6 +171,133 @@ impl Collector for StoreCollector {
             None,
             fsync_seconds.metric_type(),
         )?)?;
+        Ok(())
+    }
+}
+
+/// Replication figures read at scrape time: per replica on a primary, the link on a replica.
+struct ReplicationCollector {
+    store: Arc<StoreSlot>,
+    replication: Arc<OnceLock<Arc<Replication>>>,
+}
+
+impl std::fmt::Debug for ReplicationCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationCollector")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for ReplicationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (Some(replication), Some(db)) = (self.replication.get(), self.store.load_full()) else {
+            return Ok(());
+        };
+        if let Some(link) = replication.link() {
+            let gauges: [(&str, &str, f64); 4] = [
+                (
+                    "replication_link_up",
+                    "1 while this replica streams from its primary",
+                    f64::from(u8::from(link.state == "streaming")),
+                ),
+                (
+                    "replication_primary_lsn",
+                    "The primary's LSN as last heard from it",
+                    link.primary_lsn as f64,
+                ),
+                (
+                    "replication_lag_entries",
+                    "Entries the primary has and this replica has not applied yet",
+                    link.lag_entries as f64,
+                ),
+                (
+                    "replication_lag_seconds",
+                    "How far behind the primary's clock this replica's applied state is",
+                    link.lag_ms as f64 / 1e3,
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let gauge = ConstGauge::new(value);
+                gauge.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    gauge.metric_type(),
+                )?)?;
+            }
+            let counters: [(&str, &str, u64); 2] = [
+                (
+                    "replication_full_syncs",
+                    "Full resyncs (a copy of the data) since this node started",
+                    link.full_syncs,
+                ),
+                (
+                    "replication_partial_syncs",
+                    "Partial resyncs (the log from where this replica was) since it started",
+                    link.partial_syncs,
+                ),
+            ];
+            for (name, help, value) in counters {
+                let counter = ConstCounter::new(value);
+                counter.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    counter.metric_type(),
+                )?)?;
+            }
+            return Ok(());
+        }
+        let replicas = replication.replicas(db.applied_lsn());
+        type Figure = fn(&crate::api::proto::ReplicaStatus) -> f64;
+        let per_replica: [(&str, &str, Figure); 7] = [
+            (
+                "replica_connected",
+                "1 while the replica is connected",
+                |r| f64::from(u8::from(r.state != "disconnected")),
+            ),
+            (
+                "replica_acked_lsn",
+                "Last LSN the replica acknowledged",
+                |r| r.acked_lsn as f64,
+            ),
+            (
+                "replica_lag_entries",
+                "Entries the replica has not acknowledged",
+                |r| r.lag_entries as f64,
+            ),
+            (
+                "replica_lag_seconds",
+                "Time since the replica last had everything",
+                |r| r.lag_ms as f64 / 1e3,
+            ),
+            (
+                "replica_last_ack_age_seconds",
+                "Time since the replica's last ack",
+                |r| r.last_ack_age_ms as f64 / 1e3,
+            ),
+            (
+                "replica_full_syncs",
+                "Full resyncs served to the replica",
+                |r| r.full_syncs as f64,
+            ),
+            (
+                "replica_partial_syncs",
+                "Partial resyncs served to the replica",
+                |r| r.partial_syncs as f64,
+            ),
+        ];
+        for (name, help, figure) in per_replica {
+            let probe = ConstGauge::new(0.0);
+            let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
+            for replica in &replicas {
+                let labels = [
+                    ("replica", replica.id.as_str()),
+                    ("address", replica.address.as_str()),
+                ];
+                ConstGauge::new(figure(replica)).encode(family.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }

@@ -61,7 +61,7 @@ pub struct ApiState {
     /// replaced whole when a replica completes a full resync.
     pub store: Arc<StoreSlot>,
     /// Set with the store: the node's replication role.
-    pub replication: OnceLock<Arc<Replication>>,
+    pub replication: Arc<OnceLock<Arc<Replication>>>,
     pub limits: Limits,
     pub metrics: Metrics,
     pub started: Instant,
@@ -72,9 +72,9 @@ pub struct ApiState {
 impl ApiState {
     pub fn new(limits: Limits) -> Self {
         let store = Arc::new(StoreSlot::empty());
-        let replication = OnceLock::new();
+        let replication = Arc::new(OnceLock::new());
         ApiState {
-            metrics: Metrics::new(Arc::clone(&store)),
+            metrics: Metrics::new(Arc::clone(&store), Arc::clone(&replication)),
             store,
             replication,
             limits,

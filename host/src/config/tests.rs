@@ -103,6 +103,7 @@ fn every_key_is_read() {
                 advertise: "r1:8081".into(),
                 allow_full_resync_from_empty: true,
             },
+            plugins: PluginsConfig::default(),
             log: LogConfig {
                 level: "wasmkv=debug,info".into()
             },

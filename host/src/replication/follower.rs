@@ -90,14 +90,9 @@ impl Follower {
         }
     }
 
-    /// The link's figures, with the applied LSN of `db`.
-    pub fn status(&self, db: Option<&Db>) -> PrimaryLinkStatus {
-        let mut status = self.status.lock().clone();
-        if let Some(db) = db {
-            status.applied_lsn = db.applied_lsn();
-        }
-        status.lag_entries = status.primary_lsn.saturating_sub(status.applied_lsn);
-        status
+    /// The link's figures as they change (read by status and metrics).
+    pub fn status(&self) -> Arc<Mutex<PrimaryLinkStatus>> {
+        Arc::clone(&self.status)
     }
 
     /// Stop following and wait until the follower has let go of the store.

@@ -162,6 +162,8 @@ pub struct Replication {
     follower: tokio::sync::Mutex<Option<Follower>>,
     /// The primary's address while this node is a replica, for redirects (read per write).
     primary: RwLock<Option<String>>,
+    /// The follower's link figures while this node is a replica.
+    link: RwLock<Option<Arc<Mutex<PrimaryLinkStatus>>>>,
 }
 
 impl Replication {
@@ -204,6 +206,7 @@ impl Replication {
             }),
             registry,
             primary: RwLock::new(follow),
+            link: RwLock::new(None),
             options,
             follower: tokio::sync::Mutex::new(None),
         })
@@ -236,13 +239,16 @@ impl Replication {
         if let Some(old) = follower.take() {
             old.stop().await;
         }
-        *follower = Some(Follower::start(Arc::clone(&self.shared), config));
+        let started = Follower::start(Arc::clone(&self.shared), config);
+        *self.link.write() = Some(started.status());
+        *follower = Some(started);
         *self.primary.write() = Some(primary);
     }
 
     async fn stop_follower(&self) -> bool {
         let old = self.follower.lock().await.take();
         *self.primary.write() = None;
+        *self.link.write() = None;
         match old {
             Some(old) => {
                 old.stop().await;
@@ -304,13 +310,13 @@ impl Replication {
     }
 
     /// The link to the primary (on a replica).
-    pub async fn link(&self) -> Option<PrimaryLinkStatus> {
-        let db = self.shared.db();
-        self.follower
-            .lock()
-            .await
-            .as_ref()
-            .map(|f| f.status(db.as_deref()))
+    pub fn link(&self) -> Option<PrimaryLinkStatus> {
+        let mut status = self.link.read().as_ref()?.lock().clone();
+        if let Some(db) = self.shared.db() {
+            status.applied_lsn = db.applied_lsn();
+        }
+        status.lag_entries = status.primary_lsn.saturating_sub(status.applied_lsn);
+        Some(status)
     }
 
     /// Follow `primary` from now on, or stop following (`None`) and act as a primary; the
