@@ -156,6 +156,31 @@ pub fn wait_until(
     }
 }
 
+/// Check `check` every few milliseconds for `window`: a property that must stay true (a
+/// replica keeps refusing, keeps its data). Panics at the first `Err`, with its reason and
+/// `context()`.
+pub fn assert_holds_for(
+    what: &str,
+    window: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+    context: impl FnOnce() -> String,
+) {
+    let started = Instant::now();
+    loop {
+        if let Err(why) = check() {
+            panic!(
+                "{what}: no longer so after {:?}: {why}\n{}",
+                started.elapsed(),
+                context()
+            );
+        }
+        if started.elapsed() >= window {
+            return;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
 /// The log tails of `nodes`, for a failure message.
 pub fn logs_of(nodes: &[&NodeProcess]) -> String {
     nodes.iter().map(|n| n.log_report()).collect()

@@ -17,7 +17,7 @@ use wasmkv::api::proto::{
 use wasmkv::client::SetOptions;
 use wasmkv_tests::cluster::{
     Cluster, KVSTORE, Model, NodeConfig, NodeProcess, Reader, SYNC_TIMEOUT, Writer, WriterOptions,
-    block_on, bulk_load, converged, logs_of, now_ms, same_address, wait_until,
+    assert_holds_for, block_on, bulk_load, converged, logs_of, now_ms, same_address, wait_until,
 };
 use wasmkv_tests::proxy::FaultProxy;
 
@@ -381,10 +381,17 @@ fn after_a_primary_crash_with_sync_always_replicas_resume_and_no_acknowledged_wr
 #[test]
 fn a_promoted_replica_is_followed_by_the_others_after_partial_resyncs() {
     let mut cluster = Cluster::start(2);
-    let writer = Writer::start(&cluster.primary, WriterOptions::default(), Model::default());
+    // No TTLs before the switch: the old primary must write nothing once the writer stopped
+    // (an expiry it logs after the others converged is history the new primary never had,
+    // and rightly forces a full resync on the old primary).
+    let quiet = WriterOptions {
+        ttls: false,
+        ..WriterOptions::default()
+    };
+    let writer = Writer::start(&cluster.primary, quiet, Model::default());
     writer.wait_more(500, PROGRESS);
     let model = writer.stop();
-    cluster.converged(SYNC_TIMEOUT);
+    let shared = cluster.converged(SYNC_TIMEOUT);
     let old_id = cluster.primary.status().replication_id;
 
     let Cluster {
@@ -401,6 +408,10 @@ fn a_promoted_replica_is_followed_by_the_others_after_partial_resyncs() {
         "a promotion starts a new history: {promoted:?} (old {old_id:?})"
     );
     assert_eq!(promoted.secondary_replication_id, old_id, "{promoted:?}");
+    assert_eq!(
+        promoted.lsn, shared.lsn,
+        "the shared history ends where all converged"
+    );
     let status = new.wait_status("the role primary", SYNC_TIMEOUT, |s| s.role == "primary");
     assert_eq!(status.replication_id, promoted.replication_id, "{status:?}");
     assert_eq!(status.secondary_replication_id, old_id, "{status:?}");
@@ -572,12 +583,26 @@ fn a_replica_refuses_a_primary_that_came_back_empty_unless_allowed() {
     assert_eq!(strict.digest(), before);
     model.assert_on(strict);
 
-    // New writes reach the follower, not the refuser.
+    // New writes reach the follower. The refuser goes on refusing: the primary is no longer
+    // empty, but it is still the wiped one, and following it would still wipe the replica.
     primary.set(b"after-wipe", b"new history");
     let digest = converged(&[&*primary, &*allowing], SYNC_TIMEOUT);
     assert_eq!(digest.keys, 1, "{digest:?}");
-    assert_eq!(strict.link().state, "refused");
-    assert_eq!(strict.digest(), before);
+    assert_holds_for(
+        "the replica to keep refusing the wiped primary, and its data",
+        Duration::from_secs(2),
+        || {
+            let link = strict.link();
+            if link.state != "refused" {
+                return Err(format!("its link is {link:?}"));
+            }
+            let now = strict.digest();
+            (now == before)
+                .then_some(())
+                .ok_or(format!("its data changed: {now:?}, before {before:?}"))
+        },
+        || logs_of(&[&*primary, &*strict]),
+    );
 
     // Told so on the command line, the refuser follows as well.
     strict.restart_with(
