@@ -36,10 +36,10 @@ use crate::api::connect::{END_STREAM_FLAG, envelope};
 use crate::api::proto::{
     AddReplicaRequest, AddReplicaResponse, DeleteRequest, DeleteResponse, DigestRequest,
     DigestResponse, FollowRequest, FollowResponse, GetRequest, GetResponse, GetUpdatesRequest,
-    GetUpdatesResponse, MultiGetRequest, MultiGetResponse, Mutation, PromoteRequest,
-    PromoteResponse, RemoveReplicaRequest, RemoveReplicaResponse, SetRequest, SetResponse,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, WatchRequest, WatchResponse,
-    WriteRequest, WriteResponse,
+    GetUpdatesResponse, ListPluginsRequest, ListPluginsResponse, MultiGetRequest, MultiGetResponse,
+    Mutation, PluginInfo, PromoteRequest, PromoteResponse, RemoveReplicaRequest,
+    RemoveReplicaResponse, SetRequest, SetResponse, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse, WatchRequest, WatchResponse, WriteRequest, WriteResponse,
 };
 use crate::api::{Code, Codec, ConnectError, WireMessage};
 
@@ -309,6 +309,15 @@ impl Client {
     pub async fn snapshot(&self) -> Result<SnapshotResponse, ClientError> {
         self.call(&format!("{ADMIN}/Snapshot"), &SnapshotRequest {})
             .await
+    }
+
+    /// The node's plugins: each one's running version, hooks, chains and call figures, and
+    /// why its file was last refused (empty when the node's config names no plugin).
+    pub async fn list_plugins(&self) -> Result<Vec<PluginInfo>, ClientError> {
+        let resp: ListPluginsResponse = self
+            .call(&format!("{ADMIN}/ListPlugins"), &ListPluginsRequest {})
+            .await?;
+        Ok(resp.plugins)
     }
 
     /// Tell the node at `address` (`host:port` or URL) to follow this node, a primary.

@@ -6,6 +6,7 @@
 //! wal: { sync: interval, sync_interval: 1s, max_file_size: 64MiB }
 //! storage: { max_entries: 0, max_memory: 512MB, eviction_policy: lru }
 //! primary: { address: "primary:8080" }   # present = this node is a replica
+//! plugins: { dir: ./plugins, limits: { memory: 16MiB, deadline: 2ms }, validate: [...] }
 //! ```
 //!
 //! The seed's files load unchanged: `wal.directory` is another name for `data_dir`, and
@@ -13,9 +14,12 @@
 //! (`512`) or a number with a unit, where `KB`/`MB`/`GB`/`TB` are powers of 1000 and
 //! `KiB`/`MiB`/`GiB`/`TiB` powers of 1024: `100MB` is 100,000,000 bytes, `64MiB` is 64 × 2^20.
 //!
-//! Every key can be overridden by a variable `WASMKV_<SECTION>__<KEY>` (any case; two
-//! underscores between levels since keys contain one), e.g. `WASMKV_SERVER__PORT=9000`, and
-//! `WASMKV_DATA_DIR` for the top-level key. `config/primary.yaml` documents every key.
+//! Every single key can be overridden by a variable `WASMKV_<SECTION>__<KEY>` (any case; two
+//! underscores between levels since keys contain one), e.g. `WASMKV_SERVER__PORT=9000`,
+//! `WASMKV_DATA_DIR` for the top-level key, and one more level for a nested section:
+//! `WASMKV_PLUGINS__LIMITS__MEMORY=32MiB`. The plugin chains (`plugins.validate`, `evict`,
+//! `replicate`; see [`PluginsConfig`]) are lists with nested values and are set in the file
+//! only. `config/primary.yaml` documents every key.
 //!
 //! Any mistake is an error naming where it is (`file:line:column` or the variable) and the
 //! key path: a node that starts with a setting silently ignored is worse than one that does
@@ -290,6 +294,7 @@ impl Config {
         config.assign(&doc.assignments, |a, message| {
             file_error(&a.key, Some(a.origin), message)
         })?;
+        doc.chains.apply(&mut config.plugins);
         if let (Some((section, position)), Some(primary)) = (&doc.primary_section, &config.primary)
             && primary.address.is_empty()
         {
@@ -355,6 +360,9 @@ impl Config {
                 message,
             })?;
         }
+        self.plugins
+            .check()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         let limits = &self.limits;
         for (key, value) in [
             ("limits.max_key_bytes", limits.max_key_bytes),

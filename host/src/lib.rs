@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod node;
+pub mod plugins;
 pub mod replication;
 pub mod storage;
 pub mod wal;

@@ -1,5 +1,6 @@
 //! The `wasmkv` binary: runs a node (`serve`), talks to one (`get`, `set`, `del`, `status`,
-//! `digest`, `snapshot`, `watch`, `replica add|remove`, `promote`), measures one under load (`bench`), and inspects or repairs
+//! `digest`, `snapshot`, `watch`, `replica add|remove`, `promote`, `plugin list`), checks a
+//! plugin file (`plugin check`), measures one under load (`bench`), and inspects or repairs
 //! a stopped node's write-ahead log (`wal verify`, `wal dump`, `repair`). One binary, so an
 //! operator has one thing to install and the offline tools always understand the WAL format
 //! of the node they came with.
@@ -120,6 +121,9 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// List a node's plugins, or check a plugin file offline before installing it
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Load a node with a closed-loop workload; report throughput and latency percentiles
     ///
     /// Each connection keeps one request in flight. Fails (exit status 2) when more than 1%
@@ -153,6 +157,30 @@ enum ReplicaCommand {
         address: String,
         #[command(flatten)]
         node: NodeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show each plugin the node at --addr runs: version, hooks, chains, call figures, state
+    List {
+        /// Print the list as one JSON object (every field, proto field names)
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Load FILE as a node would (ABI v1, exports, wasmkv_init with the config) and call each
+    /// hook once with a sample input; exit status 2 with the reason if anything fails
+    Check {
+        /// The plugin, NAME.wasm
+        file: PathBuf,
+        /// The step's config: a YAML file, or inline YAML (default: an empty mapping)
+        #[arg(long, value_name = "YAML_FILE_OR_INLINE")]
+        config: Option<String>,
+        /// Check only this hook (default: every hook the module exports)
+        #[arg(long, value_enum)]
+        hook: Option<cli::plugin::Hook>,
     },
 }
 
@@ -263,6 +291,12 @@ fn run(command: Command) -> Result<ExitCode> {
             cli::remote::remove_replica(&node.into(), &address)
         }
         Command::Promote { node } => cli::remote::promote(&node.into()),
+        Command::Plugin(PluginCommand::List { json, node }) => {
+            cli::plugin::list(&node.into(), json)
+        }
+        Command::Plugin(PluginCommand::Check { file, config, hook }) => {
+            cli::plugin::check(&file, config.as_deref(), hook)
+        }
         Command::Bench(args) => cli::bench::run(*args),
         Command::Wal(WalCommand::Verify { dir }) => cli::offline::verify(&dir),
         Command::Wal(WalCommand::Dump {

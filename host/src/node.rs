@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{ApiState, Limits, server};
 use crate::config::Config;
+use crate::plugins::{LoadError, Plugins};
 use crate::replication::{Replication, ReplicationError, ReplicationOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum NodeError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] ReplicationError),
+    #[error("cannot load the plugins: {0}")]
+    Plugins(#[from] LoadError),
     #[error("the store task failed: {0}")]
     Task(String),
 }
@@ -46,7 +49,14 @@ impl Node {
             addr: listen,
             source,
         })?;
-        let opts = config.db_options();
+        let mut opts = config.db_options();
+        let plugins = load_plugins(&config).await?;
+        if let (Some(plugins), Some(evict)) = (&plugins, &config.plugins.evict)
+            && let Some(policy) = &plugins.evict
+        {
+            opts.eviction_policy = Arc::clone(policy) as Arc<dyn crate::storage::EvictionPolicy>;
+            opts.eviction_samples = evict.sample;
+        }
         let state = Arc::new(ApiState::new(Limits {
             max_key_bytes: config.limits.max_key_bytes as usize,
             max_value_bytes: config.limits.max_value_bytes as usize,
@@ -86,6 +96,10 @@ impl Node {
             "ready"
         );
         replication.start(state.shutdown_signal()).await;
+        if let Some(plugins) = plugins {
+            plugins.watch()?;
+            let _ = state.plugins.set(plugins);
+        }
         let _ = state.replication.set(replication);
         Ok(NodeHandle {
             addr,
@@ -152,4 +166,24 @@ fn replication_options(config: &Config, addr: SocketAddr) -> ReplicationOptions 
         backlog_max: r.backlog_max,
         backlog_max_age: r.backlog_max_age,
     }
+}
+
+/// The plugins the config's chains name, compiled (or taken from the cache in the data
+/// directory) off the async workers; `None` when no chain names one.
+async fn load_plugins(config: &Config) -> Result<Option<Arc<Plugins>>, NodeError> {
+    if config.plugins.is_empty() {
+        return Ok(None);
+    }
+    let plugins = config.plugins.clone();
+    // wasmtime wants an absolute cache directory.
+    let cache = std::path::absolute(config.data_dir.join("plugin-cache")).map_err(|e| {
+        NodeError::Plugins(LoadError::Runtime(format!("plugin cache directory: {e}")))
+    })?;
+    let loaded = tokio::task::spawn_blocking(move || Plugins::load(&plugins, Some(&cache)))
+        .await
+        .map_err(|e| NodeError::Task(e.to_string()))??;
+    for info in loaded.list() {
+        tracing::info!(plugin = %info.name, sha256 = %info.sha256, chains = ?info.chains, "plugin loaded");
+    }
+    Ok(Some(Arc::new(loaded)))
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use super::error::ConnectError;
 use super::proto::{
-    DigestRequest, DigestResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    DigestRequest, DigestResponse, ListPluginsRequest, ListPluginsResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
 use super::state::ApiState;
 
@@ -63,5 +64,14 @@ pub async fn snapshot(
     Ok(SnapshotResponse {
         lsn: info.lsn,
         entries: info.entries,
+    })
+}
+
+pub async fn list_plugins(
+    state: &Arc<ApiState>,
+    _: ListPluginsRequest,
+) -> Result<ListPluginsResponse, ConnectError> {
+    Ok(ListPluginsResponse {
+        plugins: state.plugins.get().map(|p| p.list()).unwrap_or_default(),
     })
 }

@@ -14,6 +14,7 @@ use super::proto::{
 use super::state::ApiState;
 use crate::clock::now_ms;
 use crate::db::{DbError, SetOptions};
+use crate::plugins::WriteCheck;
 use crate::storage::Item;
 use crate::wal::{self, MutationRef, WalError};
 
@@ -101,6 +102,12 @@ pub async fn set(
     state.limits.check_key(&req.key)?;
     state.limits.check_value(&req.value)?;
     check_ttl(req.ttl_ms)?;
+    state.validate(&WriteCheck {
+        delete: false,
+        key: &req.key,
+        value: &req.value,
+        ttl_ms: req.ttl_ms,
+    })?;
     let opts = SetOptions {
         expires_at_ms: expiry(req.ttl_ms),
         if_version: req.if_version,
@@ -120,6 +127,12 @@ pub async fn delete(
 ) -> Result<DeleteResponse, ConnectError> {
     state.check_primary()?;
     state.limits.check_key(&req.key)?;
+    state.validate(&WriteCheck {
+        delete: true,
+        key: &req.key,
+        value: &[],
+        ttl_ms: 0,
+    })?;
     let outcome = state.db()?.submit_delete(req.key)?.wait_async().await?;
     Ok(DeleteResponse {
         found: outcome.found,
@@ -154,19 +167,35 @@ pub async fn write(
     Ok(WriteResponse { lsn })
 }
 
+/// One mutation of a batch, checked and validated: a batch is validated entry by entry, and
+/// one veto refuses the whole batch.
 fn to_mutation(state: &ApiState, m: Mutation) -> Result<wal::Mutation, ConnectError> {
     state.limits.check_key(&m.key)?;
     match Op::try_from(m.op) {
         Ok(Op::Set) => {
             state.limits.check_value(&m.value)?;
             check_ttl(m.ttl_ms)?;
+            state.validate(&WriteCheck {
+                delete: false,
+                key: &m.key,
+                value: &m.value,
+                ttl_ms: m.ttl_ms,
+            })?;
             Ok(wal::Mutation::Set {
                 key: m.key,
                 value: m.value,
                 expires_at_ms: expiry(m.ttl_ms),
             })
         }
-        Ok(Op::Delete) => Ok(wal::Mutation::Delete { key: m.key }),
+        Ok(Op::Delete) => {
+            state.validate(&WriteCheck {
+                delete: true,
+                key: &m.key,
+                value: &[],
+                ttl_ms: 0,
+            })?;
+            Ok(wal::Mutation::Delete { key: m.key })
+        }
         Ok(Op::Unspecified) | Err(_) => Err(ConnectError::invalid_argument(format!(
             "op must be OP_SET (1) or OP_DELETE (2), got {}",
             m.op
@@ -174,8 +203,6 @@ fn to_mutation(state: &ApiState, m: Mutation) -> Result<wal::Mutation, ConnectEr
     }
 }
 
-/// Waiting for replicas needs replication, which this node does not run: refuse up front
-/// rather than write and then fail to confirm.
 /// WAIT semantics: the write is applied on the primary whatever happens; the reply waits
 /// until `count` replicas acknowledged `lsn`, or says that they have not yet.
 async fn wait_for_replicas(

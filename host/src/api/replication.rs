@@ -44,10 +44,12 @@ pub async fn subscribe(
         encode: Box::new(move |message| envelope(0, &codec.encode(message))),
     };
     let shutdown = state.shutdown_signal();
+    let plugins = state.plugins.get().cloned();
     tokio::spawn(async move {
         let registry = Arc::clone(replication.registry());
+        let history = replication.history();
         let outcome =
-            serve_subscription(db, registry, replication.history(), request, out, shutdown).await;
+            serve_subscription(db, registry, history, plugins, request, out, shutdown).await;
         let _ = tx.send(connect::end_stream(outcome.err().as_ref())).await;
     });
     let mut response = Response::builder().status(StatusCode::OK);

@@ -118,7 +118,7 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Respon
 
 /// The metric label of an RPC path: a fixed set, so a client cannot grow the label space.
 fn rpc_name(path: &str) -> &'static str {
-    const METHODS: [&str; 14] = [
+    const METHODS: [&str; 15] = [
         "/kvstore.v1.KVStore/Get",
         "/kvstore.v1.KVStore/Set",
         "/kvstore.v1.KVStore/Delete",
@@ -132,6 +132,7 @@ fn rpc_name(path: &str) -> &'static str {
         "/kvstore.v1.Admin/RemoveReplica",
         "/kvstore.v1.Admin/Promote",
         "/kvstore.v1.Admin/Follow",
+        "/kvstore.v1.Admin/ListPlugins",
         "/kvstore.v1.Replication/Ack",
     ];
     METHODS
@@ -151,7 +152,7 @@ async fn rpc(
             Code::Unimplemented,
             "no such method; services are kvstore.v1.KVStore (Get, Set, Delete, GetUpdates, \
              MultiGet, Write, Watch), kvstore.v1.Admin (Status, Digest, Snapshot, AddReplica, \
-             RemoveReplica, Promote, Follow) and kvstore.v1.Replication (Subscribe, Ack)",
+             RemoveReplica, Promote, Follow, ListPlugins) and kvstore.v1.Replication (Subscribe, Ack)",
         ));
     }
     let codec = connect::unary_codec(headers)?;
@@ -181,6 +182,7 @@ async fn rpc(
             "Promote" => unary(codec, &body, |r| replication::promote(state, r)).await,
             "Follow" => unary(codec, &body, |r| replication::follow(state, r)).await,
             "Ack" => unary(codec, &body, |r| replication::ack(state, r)).await,
+            "ListPlugins" => unary(codec, &body, |r| admin::list_plugins(state, r)).await,
             _ => unreachable!("rpc_name returns only the names above"),
         }
     };

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::error::{Code, ConnectError};
 use super::metrics::Metrics;
 use crate::db::{Db, DbError};
+use crate::plugins::{Plugins, WriteCheck};
 use crate::replication::{Replication, StoreSlot};
 
 /// Request size limits, checked before a request reaches the store.
@@ -62,6 +63,8 @@ pub struct ApiState {
     pub store: Arc<StoreSlot>,
     /// Set with the store: the node's replication role.
     pub replication: Arc<OnceLock<Arc<Replication>>>,
+    /// The node's plugins, when its config names any.
+    pub plugins: OnceLock<Arc<Plugins>>,
     pub limits: Limits,
     pub metrics: Metrics,
     pub started: Instant,
@@ -77,6 +80,7 @@ impl ApiState {
             metrics: Metrics::new(Arc::clone(&store), Arc::clone(&replication)),
             store,
             replication,
+            plugins: OnceLock::new(),
             limits,
             started: Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),
@@ -98,6 +102,17 @@ impl ApiState {
 
     pub fn replication(&self) -> Result<&Arc<Replication>, ConnectError> {
         self.replication.get().ok_or_else(recovering)
+    }
+
+    /// Run the validate chain on one write: a veto is `permission_denied` with its reason.
+    pub fn validate(&self, write: &WriteCheck<'_>) -> Result<(), ConnectError> {
+        match self.plugins.get() {
+            Some(plugins) => plugins
+                .validate
+                .check(write)
+                .map_err(|reason| ConnectError::new(Code::PermissionDenied, reason)),
+            None => Ok(()),
+        }
     }
 
     /// Writes are taken by the primary only: on a replica, the error names the primary.

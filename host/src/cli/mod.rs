@@ -1,10 +1,12 @@
 //! What the `wasmkv` commands do, behind `main.rs`'s argument parsing: `remote` talks to a
 //! running node through `wasmkv::client`; `offline` reads (and on request repairs) a data
 //! directory's WAL with no node running; `bench` loads a node over bare connections of its
-//! own. Shared here: how errors and bytes are printed.
+//! own; `plugin` lists a node's plugins and checks a plugin file offline. Shared here: how
+//! errors and bytes are printed.
 
 pub mod bench;
 pub mod offline;
+pub mod plugin;
 pub mod remote;
 
 /// An error and its causes on one line, joined by ": ". A cause whose text is already part

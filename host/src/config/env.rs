@@ -1,7 +1,9 @@
 //! Reading `WASMKV_<SECTION>__<KEY>` environment variables into assignments.
 //!
 //! Names are case-insensitive and use a double underscore between levels, because keys
-//! themselves contain single underscores (`WASMKV_WAL__SYNC_INTERVAL`). Other tools share the
+//! themselves contain single underscores (`WASMKV_WAL__SYNC_INTERVAL`); a key in a nested
+//! section takes one more level (`WASMKV_PLUGINS__LIMITS__MEMORY`). Only single keys can be
+//! set: lists such as the plugin chains live in the file alone. Other tools share the
 //! `WASMKV_` prefix (the CLI reads `WASMKV_ADDR`), so only names that look like configuration
 //! (a `__`, or a top-level key) are claimed; a typo in one of those is an error rather than a
 //! silently ignored override.
@@ -44,21 +46,29 @@ pub(super) fn classify(var: &str) -> Result<Option<(String, &'static Setting)>, 
             Some(setting) => Ok(Some((name.to_owned(), setting))),
             None if settings::is_section(name) => {
                 let message = format!(
-                    "{name} is a section; set its keys as {PREFIX}{}__<KEY>",
-                    name.to_ascii_uppercase()
+                    "{name} is a section; set its keys as {}__<KEY>",
+                    var_name(name)
                 );
                 Err(env_error(var, None, message))
             }
             None => Ok(None),
         },
-        [section, name] if settings::is_section(section) => {
+        [ref sections @ .., name] if settings::is_section(&sections.join(".")) => {
+            let section = sections.join(".");
             let key = format!("{section}.{name}");
-            match settings::find(Some(section), name) {
+            match settings::find(Some(&section), name) {
                 Some(setting) => Ok(Some((key, setting))),
+                None if settings::is_section(&key) => {
+                    let message = format!(
+                        "{key} is a section; set its keys as {}__<KEY>",
+                        var_name(&key)
+                    );
+                    Err(env_error(var, None, message))
+                }
                 None => {
-                    let expected = settings::keys_in(Some(section))
+                    let expected = settings::leaves_in(&section)
                         .iter()
-                        .map(|k| format!("{PREFIX}{section}__{k}").to_ascii_uppercase())
+                        .map(|k| var_name(&format!("{section}.{k}")))
                         .collect::<Vec<_>>()
                         .join(", ");
                     let message = format!("unknown setting; expected one of {expected}");
@@ -80,6 +90,11 @@ pub(super) fn classify(var: &str) -> Result<Option<(String, &'static Setting)>, 
             Err(env_error(var, Some(parts.join(".")), message))
         }
     }
+}
+
+/// The variable that sets the key path `key`.
+fn var_name(key: &str) -> String {
+    format!("{PREFIX}{}", key.replace('.', "__").to_ascii_uppercase())
 }
 
 fn env_error(var: &str, key: Option<String>, message: String) -> ConfigError {
@@ -121,6 +136,12 @@ mod tests {
                 "master.address",
                 "primary.address",
             ),
+            ("WASMKV_PLUGINS__DIR", "plugins.dir", "plugins.dir"),
+            (
+                "Wasmkv_Plugins__Limits__Deadline",
+                "plugins.limits.deadline",
+                "plugins.limits.deadline",
+            ),
         ] {
             let got = read_one(var, "x").unwrap();
             assert_eq!(got.len(), 1, "{var}");
@@ -145,6 +166,10 @@ mod tests {
             ("WASMKV_SERVER__PORT__X", "<SECTION>__<KEY>"),
             ("WASMKV_SERVER", "WASMKV_SERVER__<KEY>"),
             ("WASMKV_LOG", "WASMKV_LOG__<KEY>"),
+            ("WASMKV_PLUGINS__LIMITS", "WASMKV_PLUGINS__LIMITS__<KEY>"),
+            ("WASMKV_PLUGINS__LIMITS__FUEL__X", "<SECTION>__<KEY>"),
+            ("WASMKV_PLUGINS____DIR", "<SECTION>__<KEY>"),
+            ("WASMKV_PLUGINS__EVICT", "WASMKV_PLUGINS__LIMITS__FUEL"),
         ] {
             let Err(err) = read_one(var, "x") else {
                 panic!("{var} was accepted")

@@ -7,12 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Config, PrimaryConfig, SyncMode};
+use super::{Config, PluginLimits, PrimaryConfig, SyncMode};
 use crate::storage::BUILTIN_POLICIES;
 
 /// One key of the configuration.
 pub(super) struct Setting {
-    /// The key path as written in the file: `section.key`, or `key` at the top level.
+    /// The key path as written in the file: `key` at the top level, `section.key`, or
+    /// `section.subsection.key` (`plugins.limits.memory`).
     pub key: &'static str,
     /// Parse `text` and store the value in the config; the error says what was expected.
     pub apply: fn(&mut Config, &str) -> Result<(), String>,
@@ -230,6 +231,51 @@ pub(super) const SETTINGS: &[Setting] = &[
         check: |_| Ok(()),
     },
     Setting {
+        key: "plugins.dir",
+        apply: |c, v| {
+            c.plugins.dir = PathBuf::from(v);
+            Ok(())
+        },
+        check: |c| non_empty_path(&c.plugins.dir),
+    },
+    Setting {
+        key: "plugins.limits.memory",
+        apply: |c, v| {
+            c.plugins.limits.memory = parse_size(v)?;
+            Ok(())
+        },
+        check: |c| {
+            if c.plugins.limits.memory < PluginLimits::MIN_MEMORY {
+                return Err("must be at least 64KiB, one WebAssembly page".to_owned());
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        key: "plugins.limits.deadline",
+        apply: |c, v| {
+            c.plugins.limits.deadline = parse_duration(v)?;
+            Ok(())
+        },
+        check: |c| {
+            positive_duration(c.plugins.limits.deadline)?;
+            if c.plugins.limits.deadline > PluginLimits::MAX_DEADLINE {
+                return Err(
+                    "must be at most 10s: a plugin call holds up the request it serves".to_owned(),
+                );
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        key: "plugins.limits.fuel",
+        apply: |c, v| {
+            c.plugins.limits.fuel = parse_count(v)?;
+            Ok(())
+        },
+        check: no_check,
+    },
+    Setting {
         key: "log.level",
         apply: |c, v| {
             c.log.level = v.to_owned();
@@ -260,17 +306,27 @@ pub(super) fn canonical_section(name: &str) -> &str {
         .map_or(name, |(_, target)| target)
 }
 
-/// Whether `name` (or its alias) is a section rather than a single key.
+/// Whether `name` (or its alias), a key path such as `server` or `plugins.limits`, is a
+/// section rather than a single key.
 pub(super) fn is_section(name: &str) -> bool {
-    let name = canonical_section(name);
-    SETTINGS.iter().any(|s| {
-        s.key
-            .split_once('.')
-            .is_some_and(|(section, _)| section == name)
-    })
+    SETTINGS.iter().any(|s| child(Some(name), s.key).is_some())
 }
 
-/// The setting `key` in `section` (`None` = top level), following aliases.
+/// The name of the key or section directly in `section` (`None` = top level) that `key`, a
+/// full key path, lies in: `limits` for `plugins.limits.memory` in `plugins`, `plugins` at
+/// the top level. `None` if `key` is not in `section`.
+fn child<'k>(section: Option<&str>, key: &'k str) -> Option<&'k str> {
+    let rest = match section {
+        Some(section) => key
+            .strip_prefix(canonical_section(section))?
+            .strip_prefix('.')?,
+        None => key,
+    };
+    rest.split('.').next()
+}
+
+/// The setting `key` in `section` (`None` = top level; a key path such as `plugins.limits`
+/// for a nested one), following aliases.
 pub(super) fn find(section: Option<&str>, key: &str) -> Option<&'static Setting> {
     let path = match section {
         Some(section) => format!("{}.{key}", canonical_section(section)),
@@ -283,17 +339,13 @@ pub(super) fn find(section: Option<&str>, key: &str) -> Option<&'static Setting>
     SETTINGS.iter().find(|s| s.key == path)
 }
 
-/// The keys accepted in `section` (`None` = top level, where sections count as keys), for
+/// The keys accepted in `section` (`None` = top level; nested sections count as keys), for
 /// "expected one of" messages. Aliases are listed too: they are accepted.
 pub(super) fn keys_in(section: Option<&str>) -> Vec<&'static str> {
     let mut keys: Vec<&'static str> = Vec::new();
-    let aliases = KEY_ALIASES.iter().map(|(alias, _)| *alias);
-    for key in SETTINGS.iter().map(|s| s.key).chain(aliases) {
-        let name = match (section, key.split_once('.')) {
-            (None, None) => key,
-            (None, Some((section, _))) => section,
-            (Some(wanted), Some((section, name))) if canonical_section(wanted) == section => name,
-            _ => continue,
+    for key in all_keys() {
+        let Some(name) = child(section, key) else {
+            continue;
         };
         if !keys.contains(&name) {
             keys.push(name);
@@ -303,6 +355,23 @@ pub(super) fn keys_in(section: Option<&str>) -> Vec<&'static str> {
         keys.extend(SECTION_ALIASES.iter().map(|(alias, _)| *alias));
     }
     keys
+}
+
+/// The single keys anywhere below `section`, as paths relative to it (`limits.memory` in
+/// `plugins`), for messages about environment variables, which name single keys only.
+pub(super) fn leaves_in(section: &str) -> Vec<&'static str> {
+    all_keys()
+        .filter_map(|key| {
+            key.strip_prefix(canonical_section(section))?
+                .strip_prefix('.')
+        })
+        .collect()
+}
+
+/// Every key path, then the aliases (which are accepted too).
+fn all_keys() -> impl Iterator<Item = &'static str> {
+    let aliases = KEY_ALIASES.iter().map(|(alias, _)| *alias);
+    SETTINGS.iter().map(|s| s.key).chain(aliases)
 }
 
 /// What `parse_duration` accepts, for error messages.
@@ -371,7 +440,7 @@ pub(super) fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// A plain count such as `1000000` (entries, samples): not a size, so no units.
-fn parse_count(text: &str) -> Result<u64, String> {
+pub(super) fn parse_count(text: &str) -> Result<u64, String> {
     text.parse()
         .map_err(|_| format!("invalid number {text:?}: expected a whole number such as 1000"))
 }
@@ -512,6 +581,14 @@ mod tests {
         assert!(find(Some("server"), "prot").is_none());
         assert!(find(None, "server").is_none());
         assert!(is_section("server") && is_section("master") && !is_section("data_dir"));
+        assert!(is_section("plugins") && is_section("plugins.limits"));
+        assert!(!is_section("plugins.dir") && !is_section("plugins.limits.memory"));
+        assert!(!is_section("plugins.limit") && !is_section("plugins."));
+        assert_eq!(
+            find(Some("plugins.limits"), "memory").map(|s| s.key),
+            Some("plugins.limits.memory")
+        );
+        assert!(find(Some("plugins"), "limits").is_none());
     }
 
     #[test]
@@ -526,9 +603,23 @@ mod tests {
                 "limits",
                 "primary",
                 "replication",
+                "plugins",
                 "log",
                 "master"
             ]
+        );
+        assert_eq!(keys_in(Some("plugins")), ["dir", "limits"]);
+        assert_eq!(
+            keys_in(Some("plugins.limits")),
+            ["memory", "deadline", "fuel"]
+        );
+        assert_eq!(
+            leaves_in("plugins"),
+            ["dir", "limits.memory", "limits.deadline", "limits.fuel"]
+        );
+        assert_eq!(
+            leaves_in("wal"),
+            ["sync", "sync_interval", "max_file_size", "directory"]
         );
         assert_eq!(
             keys_in(Some("wal")),

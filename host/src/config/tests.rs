@@ -415,3 +415,548 @@ fn listen_addr_brackets_ipv6() {
     config.server.address = "localhost".into();
     assert_eq!(config.listen_addr(), "localhost:7");
 }
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn every_plugins_key_is_read() {
+    let config = load(
+        "plugins:
+  dir: /opt/wasmkv/plugins
+  limits:
+    memory: 32MiB
+    deadline: 5ms
+    fuel: 1000000
+  validate:
+    - plugin: key-policy
+      config: {allowed_prefixes: ['user:'], max_key_bytes: 256}
+      on_error: allow
+    - plugin: size-cap
+      on_error: reject
+  evict:
+    plugin: lfu-evict
+    config: {half_life: 10m}
+    sample: 64
+  replicate:
+    - plugin: prefix-filter
+      config: {prefixes: ['eu:']}
+      replicas:
+        labels: {region: eu, rack: 3}
+      on_error: send
+    - {plugin: audit, on_error: hold}
+",
+    )
+    .unwrap();
+    assert_eq!(
+        config.plugins,
+        PluginsConfig {
+            dir: PathBuf::from("/opt/wasmkv/plugins"),
+            limits: PluginLimits {
+                memory: 32 << 20,
+                deadline: Duration::from_millis(5),
+                fuel: 1_000_000,
+            },
+            validate: vec![
+                ValidateStep {
+                    plugin: "key-policy".into(),
+                    config: json(r#"{"allowed_prefixes": ["user:"], "max_key_bytes": 256}"#),
+                    on_error: ValidateOnError::Allow,
+                },
+                ValidateStep {
+                    plugin: "size-cap".into(),
+                    config: json("{}"),
+                    on_error: ValidateOnError::Reject,
+                },
+            ],
+            evict: Some(EvictStep {
+                plugin: "lfu-evict".into(),
+                config: json(r#"{"half_life": "10m"}"#),
+                sample: 64,
+            }),
+            replicate: vec![
+                ReplicateStep {
+                    plugin: "prefix-filter".into(),
+                    config: json(r#"{"prefixes": ["eu:"]}"#),
+                    labels: labels(&[("region", "eu"), ("rack", "3")]),
+                    on_error: FilterOnError::Send,
+                },
+                ReplicateStep {
+                    plugin: "audit".into(),
+                    config: json("{}"),
+                    labels: labels(&[]),
+                    on_error: FilterOnError::Hold,
+                },
+            ],
+        }
+    );
+    assert!(!config.plugins.is_empty());
+}
+
+#[test]
+fn plugins_defaults() {
+    let defaults = PluginsConfig::default();
+    assert!(defaults.is_empty());
+    assert_eq!(defaults.dir, Path::new("plugins"));
+    assert_eq!(
+        defaults.limits,
+        PluginLimits {
+            memory: 16 << 20,
+            deadline: Duration::from_millis(2),
+            fuel: 0
+        }
+    );
+    // An empty section or chain is no chain.
+    for text in [
+        "plugins:\n",
+        "plugins: {}\n",
+        "plugins:\n  limits:\n  validate:\n  evict:\n  replicate:\n",
+        "plugins: {validate: [], replicate: []}\n",
+    ] {
+        assert_eq!(load(text).unwrap(), Config::default(), "{text:?}");
+    }
+    // A step names its plugin; everything else has a default.
+    let config = load(
+        "plugins:\n  validate: [{plugin: v}]\n  evict: {plugin: e}\n  \
+         replicate: [{plugin: r}, {plugin: s, replicas: }, {plugin: t, replicas: {}}]\n",
+    )
+    .unwrap();
+    let plugins = config.plugins;
+    assert_eq!(
+        plugins.validate,
+        [ValidateStep {
+            plugin: "v".into(),
+            config: json("{}"),
+            on_error: ValidateOnError::Reject
+        }]
+    );
+    assert_eq!(
+        plugins.evict,
+        Some(EvictStep {
+            plugin: "e".into(),
+            config: json("{}"),
+            sample: 16
+        })
+    );
+    for (step, name) in plugins.replicate.iter().zip(["r", "s", "t"]) {
+        assert_eq!(
+            *step,
+            ReplicateStep {
+                plugin: name.into(),
+                config: json("{}"),
+                labels: labels(&[]),
+                on_error: FilterOnError::Hold
+            }
+        );
+    }
+    assert_eq!(plugins.limits, PluginLimits::default());
+}
+
+#[test]
+fn plugin_config_keeps_yaml_types() {
+    let config = load(
+        "plugins:
+  validate:
+    - plugin: p
+      config:
+        string: text
+        quoted_number: '10'
+        duration: 10m
+        int: 42
+        negative: -7
+        big: 18446744073709551615
+        float: 1.5
+        bools: [true, false]
+        nothing: null
+        tilde: ~
+        empty:
+        list: [1, two, 3.0, [nested]]
+        map: {a: {b: [x, {c: 1}]}}
+        empty_map: {}
+        empty_list: []
+    - {plugin: p, config: 5}
+    - {plugin: p, config: [a, 1]}
+    - {plugin: p, config: null}
+    - {plugin: p, config: yes}
+",
+    )
+    .unwrap();
+    let configs: Vec<_> = config
+        .plugins
+        .validate
+        .into_iter()
+        .map(|s| s.config)
+        .collect();
+    assert_eq!(
+        configs,
+        [
+            json(
+                r#"{"string": "text", "quoted_number": "10", "duration": "10m", "int": 42,
+                    "negative": -7, "big": 18446744073709551615, "float": 1.5,
+                    "bools": [true, false], "nothing": null, "tilde": null, "empty": null,
+                    "list": [1, "two", 3.0, ["nested"]], "map": {"a": {"b": ["x", {"c": 1}]}},
+                    "empty_map": {}, "empty_list": []}"#
+            ),
+            json("5"),
+            json(r#"["a", 1]"#),
+            json("null"),
+            json("true"),
+        ]
+    );
+    // Integers stay integers and floats floats, as the plugin will see them.
+    let first = &configs[0];
+    assert!(first["int"].is_u64() && first["negative"].is_i64() && first["float"].is_f64());
+    assert!(first["list"][2].is_f64());
+    // JSON has no infinity: one is refused where it is written.
+    for config in ["{x: [!!float .inf]}", ".nan", "-.inf"] {
+        let err = load_err(&format!(
+            "plugins:\n  evict:\n    plugin: e\n    config: {config}\n"
+        ));
+        assert!(err.starts_with("test.yaml:4:"), "{err}");
+    }
+}
+
+#[test]
+fn plugin_step_errors_name_position_and_key() {
+    for (text, expected) in [
+        (
+            "plugins:\n  validate:\n    - plugin: a\n    - plugin: b\n      on_error: maybe\n",
+            "test.yaml:5:7: plugins.validate[1].on_error: expected reject or allow, got \"maybe\"",
+        ),
+        (
+            "plugins:\n  replicate:\n    - {plugin: a, on_error: reject}\n",
+            "test.yaml:3:19: plugins.replicate[0].on_error: expected hold or send, got \"reject\"",
+        ),
+        (
+            "plugins:\n  validate:\n    - plugin: a\n      on_eror: allow\n",
+            "test.yaml:4:7: plugins.validate[0].on_eror: unknown key; expected one of plugin, \
+             config, on_error",
+        ),
+        (
+            "plugins:\n  evict: {plugin: a, samples: 3}\n",
+            "test.yaml:2:22: plugins.evict.samples: unknown key; expected one of plugin, config, \
+             sample",
+        ),
+        (
+            "plugins:\n  replicate:\n    - plugin: a\n      on_error: hold\n      \
+             replicas: {lables: {a: b}}\n",
+            "test.yaml:5:18: plugins.replicate[0].replicas.lables: unknown key; expected one of \
+             labels",
+        ),
+        (
+            "plugins:\n  valdate: []\n",
+            "test.yaml:2:3: plugins.valdate: unknown key; expected one of dir, limits, validate, \
+             evict, replicate",
+        ),
+        (
+            "plugins:\n  limits: {memory: 1MiB, mem: 1MiB}\n",
+            "test.yaml:2:26: plugins.limits.mem: unknown key; expected one of memory, deadline, \
+             fuel",
+        ),
+        (
+            "plugins:\n  validate:\n    - plugin: a\n    - config: {x: 1}\n      on_error: allow\n",
+            "test.yaml:4:7: plugins.validate[1].plugin: required: the name of a file in \
+             plugins.dir without .wasm, such as key-policy for key-policy.wasm",
+        ),
+        (
+            "plugins:\n  evict:\n    sample: 3\n",
+            "test.yaml:2:3: plugins.evict.plugin: required: the name of a file in plugins.dir \
+             without .wasm, such as key-policy for key-policy.wasm",
+        ),
+    ] {
+        assert_eq!(load_err(text), expected, "{text:?}");
+    }
+}
+
+#[test]
+fn plugin_shape_errors_name_position_and_key() {
+    for (text, expected) in [
+        (
+            "plugins:\n  validate: {plugin: a}\n",
+            "test.yaml:2:13: plugins.validate: expected a list of steps, each a mapping with \
+             keys plugin, config, on_error; found a mapping",
+        ),
+        (
+            "plugins:\n  replicate: prefix-filter\n",
+            "test.yaml:2:14: plugins.replicate: expected a list of steps, each a mapping with \
+             keys plugin, config, replicas, on_error; found a single value",
+        ),
+        (
+            "plugins:\n  evict: [{plugin: a}]\n",
+            "test.yaml:2:10: plugins.evict: expected a mapping with keys plugin, config, sample, \
+             found a list",
+        ),
+        (
+            "plugins:\n  validate:\n    - key-policy\n",
+            "test.yaml:3:7: plugins.validate[0]: expected a mapping with keys plugin, config, \
+             on_error, found a single value",
+        ),
+        (
+            "plugins:\n  validate:\n    -\n",
+            "test.yaml:3:6: plugins.validate[0]: expected a mapping with keys plugin, config, \
+             on_error, found nothing",
+        ),
+        (
+            "plugins:\n  validate:\n    - plugin: [a, b]\n",
+            "test.yaml:3:7: plugins.validate[0].plugin: expected a single value, found a list",
+        ),
+        (
+            "plugins:\n  validate:\n    - plugin:\n",
+            "test.yaml:3:7: plugins.validate[0].plugin: no value; give one or remove the key for \
+             the default",
+        ),
+        (
+            "plugins:\n  replicate:\n    - {plugin: a, replicas: eu}\n",
+            "test.yaml:3:29: plugins.replicate[0].replicas: expected a mapping with keys labels, \
+             found a single value",
+        ),
+        (
+            "plugins:\n  replicate:\n    - {plugin: a, replicas: {labels: [eu]}}\n",
+            "test.yaml:3:38: plugins.replicate[0].replicas.labels: expected a mapping of label \
+             names to values (region: us), found a list",
+        ),
+        (
+            "plugins:\n  replicate:\n    - {plugin: a, replicas: {labels: {region: [eu]}}}\n",
+            "test.yaml:3:39: plugins.replicate[0].replicas.labels.region: expected a single \
+             value, found a list",
+        ),
+        (
+            "plugins:\n  limits: 16MiB\n",
+            "test.yaml:2:11: plugins.limits: expected a mapping with keys memory, deadline, \
+             fuel, found a single value",
+        ),
+        (
+            "plugins:\n  dir: [a]\n",
+            "test.yaml:2:3: plugins.dir: expected a single value, found a list",
+        ),
+        (
+            "plugins: [validate]\n",
+            "test.yaml:1:10: plugins: expected a mapping with keys dir, limits, validate, evict, \
+             replicate, found a list",
+        ),
+    ] {
+        assert_eq!(load_err(text), expected, "{text:?}");
+    }
+}
+
+#[test]
+fn plugin_names_are_files_in_the_plugin_dir() {
+    for (name, message) in [
+        (
+            "''",
+            "must not be empty; expected the name of a file in plugins.dir",
+        ),
+        (
+            "key-policy.wasm",
+            "\"key-policy.wasm\" would be the file key-policy.wasm.wasm; write \"key-policy\" \
+             (.wasm is added)",
+        ),
+        ("../evil", "invalid plugin name \"../evil\"; expected"),
+        ("a/b", "invalid plugin name \"a/b\""),
+        ("/abs", "invalid plugin name \"/abs\""),
+        ("'a\\b'", "invalid plugin name \"a\\\\b\""),
+        ("..", "invalid plugin name \"..\""),
+    ] {
+        let err = load_err(&format!("plugins:\n  evict:\n    plugin: {name}\n"));
+        assert!(
+            err.starts_with(&format!("test.yaml:3:5: plugins.evict.plugin: {message}")),
+            "{name}: {err}"
+        );
+    }
+    // Names that are not YAML strings are names all the same.
+    let config = load("plugins:\n  validate: [{plugin: 2024}]\n").unwrap();
+    assert_eq!(config.plugins.validate[0].plugin, "2024");
+}
+
+#[test]
+fn evict_sample_is_a_count_from_1_to_1024() {
+    for (sample, expected) in [("1", 1), ("1024", 1024)] {
+        let config = load(&format!(
+            "plugins:\n  evict: {{plugin: e, sample: {sample}}}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.plugins.evict.unwrap().sample, expected);
+    }
+    for (sample, message) in [
+        ("0", "0 is out of range; expected 1 to 1024"),
+        ("1025", "1025 is out of range; expected 1 to 1024"),
+        ("99999999999999999999", "invalid number"),
+        ("-1", "invalid number \"-1\""),
+        ("16KiB", "invalid number \"16KiB\""),
+    ] {
+        let err = load_err(&format!(
+            "plugins:\n  evict:\n    plugin: e\n    sample: {sample}\n"
+        ));
+        assert!(
+            err.starts_with(&format!("test.yaml:4:5: plugins.evict.sample: {message}")),
+            "{sample}: {err}"
+        );
+    }
+}
+
+#[test]
+fn plugin_limits_are_checked() {
+    for (text, message) in [
+        (
+            "memory: 32KiB",
+            "plugins.limits.memory: must be at least 64KiB",
+        ),
+        ("memory: 16M", "plugins.limits.memory: invalid size \"16M\""),
+        (
+            "deadline: 0ms",
+            "plugins.limits.deadline: must be longer than 0",
+        ),
+        (
+            "deadline: 11s",
+            "plugins.limits.deadline: must be at most 10s",
+        ),
+        (
+            "deadline: 2",
+            "plugins.limits.deadline: invalid duration \"2\"",
+        ),
+        ("fuel: -1", "plugins.limits.fuel: invalid number \"-1\""),
+        ("fuel: 1.5", "plugins.limits.fuel: invalid number \"1.5\""),
+    ] {
+        let err = load_err(&format!("plugins:\n  limits:\n    {text}\n"));
+        assert!(
+            err.starts_with(&format!("test.yaml:3:5: {message}")),
+            "{text}: {err}"
+        );
+    }
+    let config = load("plugins:\n  limits: {memory: 64KiB, deadline: 10s, fuel: 0}\n").unwrap();
+    assert_eq!(
+        config.plugins.limits,
+        PluginLimits {
+            memory: 64 << 10,
+            deadline: Duration::from_secs(10),
+            fuel: 0
+        }
+    );
+}
+
+#[test]
+fn env_overrides_plugin_dir_and_limits() {
+    let mut config = load("plugins:\n  dir: ./p\n  limits: {memory: 32MiB}\n").unwrap();
+    config
+        .apply_env(env(&[
+            ("WASMKV_PLUGINS__DIR", "/srv/plugins"),
+            ("WASMKV_PLUGINS__LIMITS__MEMORY", "8MiB"),
+            ("wasmkv_plugins__limits__deadline", "20ms"),
+            ("WASMKV_PLUGINS__LIMITS__FUEL", "500000"),
+        ]))
+        .unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.plugins.dir, Path::new("/srv/plugins"));
+    assert_eq!(
+        config.plugins.limits,
+        PluginLimits {
+            memory: 8 << 20,
+            deadline: Duration::from_millis(20),
+            fuel: 500_000
+        }
+    );
+    for (var, value, expected) in [
+        (
+            "WASMKV_PLUGINS__LIMITS__MEMORY",
+            "1KiB",
+            "environment variable WASMKV_PLUGINS__LIMITS__MEMORY: plugins.limits.memory: must \
+             be at least 64KiB, one WebAssembly page",
+        ),
+        (
+            "WASMKV_PLUGINS__LIMITS",
+            "x",
+            "environment variable WASMKV_PLUGINS__LIMITS: plugins.limits is a section; set its \
+             keys as WASMKV_PLUGINS__LIMITS__<KEY>",
+        ),
+        (
+            "WASMKV_PLUGINS__LIMITS__MEM",
+            "1MiB",
+            "environment variable WASMKV_PLUGINS__LIMITS__MEM: plugins.limits.mem: unknown \
+             setting; expected one of WASMKV_PLUGINS__LIMITS__MEMORY, \
+             WASMKV_PLUGINS__LIMITS__DEADLINE, WASMKV_PLUGINS__LIMITS__FUEL",
+        ),
+        (
+            "WASMKV_PLUGINS__VALIDATE",
+            "key-policy",
+            "environment variable WASMKV_PLUGINS__VALIDATE: plugins.validate: unknown setting; \
+             expected one of WASMKV_PLUGINS__DIR, WASMKV_PLUGINS__LIMITS__MEMORY, \
+             WASMKV_PLUGINS__LIMITS__DEADLINE, WASMKV_PLUGINS__LIMITS__FUEL",
+        ),
+        (
+            "WASMKV_PLUGINS",
+            "x",
+            "environment variable WASMKV_PLUGINS: plugins is a section; set its keys as \
+             WASMKV_PLUGINS__<KEY>",
+        ),
+    ] {
+        let err = Config::default()
+            .apply_env(env(&[(var, value)]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, expected);
+    }
+}
+
+#[test]
+fn validate_checks_chains_built_by_hand() {
+    let mut config = Config::default();
+    config.plugins.replicate.push(ReplicateStep {
+        plugin: "../x".into(),
+        config: json("{}"),
+        labels: labels(&[]),
+        on_error: FilterOnError::Hold,
+    });
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.starts_with("invalid configuration: plugins.replicate[0].plugin: invalid plugin name"),
+        "{err}"
+    );
+    config.plugins.replicate.clear();
+    config.plugins.evict = Some(EvictStep {
+        plugin: "e".into(),
+        config: json("{}"),
+        sample: 0,
+    });
+    let err = config.validate().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "invalid configuration: plugins.evict.sample: 0 is out of range; expected 1 to 1024"
+    );
+}
+
+/// The commented `plugins:` section of `config/primary.yaml`, uncommented, loads and sets
+/// every key.
+#[test]
+fn primary_yaml_documents_the_plugins_section() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/primary.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let section: String = text
+        .lines()
+        .skip_while(|line| *line != "# plugins:")
+        .take_while(|line| !line.is_empty())
+        .map(|line| format!("{}\n", line.strip_prefix("# ").unwrap_or("")))
+        .collect();
+    assert!(!section.is_empty(), "no commented plugins section");
+    let config = load(&section).unwrap();
+    let plugins = config.plugins;
+    assert_eq!(plugins.dir, Path::new("plugins"));
+    assert_eq!(plugins.limits, PluginLimits::default());
+    let [validate] = &plugins.validate[..] else {
+        panic!("{:?}", plugins.validate)
+    };
+    assert_eq!(validate.on_error, ValidateOnError::Reject);
+    assert_eq!(plugins.evict.unwrap().sample, EvictStep::DEFAULT_SAMPLE);
+    let [replicate] = &plugins.replicate[..] else {
+        panic!("{:?}", plugins.replicate)
+    };
+    assert_eq!(replicate.labels, labels(&[("region", "eu")]));
+    assert_eq!(replicate.on_error, FilterOnError::Hold);
+}

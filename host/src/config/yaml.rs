@@ -5,32 +5,51 @@
 //! here rather than through `#[serde(deny_unknown_fields)]` lets an unknown key, a value of
 //! the wrong shape and a value that does not parse all be reported the same way: file, line,
 //! column, the full key path, and what was expected.
+//!
+//! The plugin chains (`plugins.validate`, `.evict`, `.replicate`) are lists of steps rather
+//! than settings; their subtrees are handed to [`super::plugins`] to walk.
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Location, MessageFormatter, Spanned};
 
+use super::plugins::{self, Chains};
 use super::settings::{self, Setting};
 use super::{Assignment, ConfigError, Position};
 
-/// A YAML node, reduced to what a configuration can hold.
-enum Node {
+/// A YAML node. Scalars keep their YAML type, which a plugin's `config:` passes on (`10` is a
+/// number, `"10"` a string); settings read every scalar as its [`Node::text`].
+pub(super) enum Node {
     Null,
-    /// Any scalar, as text: `8080`, `1s` and `"lru"` all reach the parsers the same way, so a
-    /// file and an environment variable are parsed alike.
-    Scalar(String),
-    Sequence,
+    Bool(bool),
+    /// A whole number (`serde_json::Number` holds every `i64` and `u64` exactly).
+    Integer(serde_json::Number),
+    Float(f64),
+    String(String),
+    Sequence(Vec<Spanned<Node>>),
     Mapping(Vec<(Spanned<String>, Spanned<Node>)>),
 }
 
 impl Node {
-    fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> &'static str {
         match self {
             Node::Null => "nothing",
-            Node::Scalar(_) => "a single value",
-            Node::Sequence => "a list",
+            Node::Bool(_) | Node::Integer(_) | Node::Float(_) | Node::String(_) => "a single value",
+            Node::Sequence(_) => "a list",
             Node::Mapping(_) => "a mapping",
+        }
+    }
+
+    /// A scalar as text: `8080`, `1s` and `"lru"` all reach the parsers the same way, so a
+    /// file and an environment variable are parsed alike. `None` for anything else.
+    pub(super) fn text(&self) -> Option<String> {
+        match self {
+            Node::Bool(v) => Some(v.to_string()),
+            Node::Integer(v) => Some(v.to_string()),
+            Node::Float(v) => Some(v.to_string()),
+            Node::String(v) => Some(v.clone()),
+            Node::Null | Node::Sequence(_) | Node::Mapping(_) => None,
         }
     }
 }
@@ -51,23 +70,23 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
-        Ok(Node::Scalar(v.to_string()))
+        Ok(Node::Bool(v))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
-        Ok(Node::Scalar(v.to_string()))
+        Ok(Node::Integer(v.into()))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
-        Ok(Node::Scalar(v.to_string()))
+        Ok(Node::Integer(v.into()))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
-        Ok(Node::Scalar(v.to_string()))
+        Ok(Node::Float(v))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
-        Ok(Node::Scalar(v.to_owned()))
+        Ok(Node::String(v.to_owned()))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
@@ -79,8 +98,11 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Node::Sequence)
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<Node>>()? {
+            items.push(item);
+        }
+        Ok(Node::Sequence(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
@@ -98,6 +120,8 @@ pub(super) struct Document {
     /// The `primary` (or `master`) section as written and where: its presence alone makes
     /// the node a replica, even before (or without) its keys.
     pub primary_section: Option<(String, Position)>,
+    /// The plugin chains the file sets.
+    pub chains: Chains,
 }
 
 fn position(location: Location) -> Position {
@@ -138,12 +162,23 @@ pub(super) fn read(text: &str, file: &str) -> Result<Document, ConfigError> {
         doc: Document {
             assignments: Vec::new(),
             primary_section: None,
+            chains: Chains::default(),
         },
     };
     if let Some(root) = root {
         walker.root(root)?;
     }
     Ok(walker.doc)
+}
+
+/// A problem at `at` in `file`.
+pub(super) fn error(file: &str, at: Location, key: Option<String>, message: String) -> ConfigError {
+    ConfigError::File {
+        file: file.to_owned(),
+        position: Some(position(at)),
+        key,
+        message,
+    }
 }
 
 struct Walker<'a> {
@@ -153,12 +188,7 @@ struct Walker<'a> {
 
 impl Walker<'_> {
     fn error(&self, at: Location, key: Option<String>, message: String) -> ConfigError {
-        ConfigError::File {
-            file: self.file.to_owned(),
-            position: Some(position(at)),
-            key,
-            message,
-        }
+        error(self.file, at, key, message)
     }
 
     fn root(&mut self, root: Spanned<Node>) -> Result<(), ConfigError> {
@@ -201,28 +231,37 @@ impl Walker<'_> {
             }
             self.doc.primary_section = Some((name.value.clone(), at));
         }
+        self.mapping(name.value, value)
+    }
+
+    /// The keys of the section at `path` (as written: `master`, `plugins.limits`).
+    fn mapping(&mut self, path: String, value: Spanned<Node>) -> Result<(), ConfigError> {
         let entries = match value.value {
             Node::Mapping(entries) => entries,
             Node::Null => Vec::new(),
             other => {
                 let message = format!(
                     "expected a mapping with keys {}, found {}",
-                    settings::keys_in(Some(&name.value)).join(", "),
+                    keys_in(&path).join(", "),
                     other.kind()
                 );
-                return Err(self.error(value.referenced, Some(name.value), message));
+                return Err(self.error(value.referenced, Some(path), message));
             }
         };
         for (key, value) in entries {
-            let path = format!("{}.{}", name.value, key.value);
-            let Some(setting) = settings::find(Some(&name.value), &key.value) else {
-                let message = format!(
-                    "unknown key; expected one of {}",
-                    settings::keys_in(Some(&name.value)).join(", ")
-                );
-                return Err(self.error(key.referenced, Some(path), message));
-            };
-            self.leaf(path, key.referenced, setting, value)?;
+            let child = format!("{path}.{}", key.value);
+            if let Some(setting) = settings::find(Some(&path), &key.value) {
+                self.leaf(child, key.referenced, setting, value)?;
+            } else if settings::is_section(&child) {
+                self.mapping(child, value)?;
+            } else if path == "plugins"
+                && plugins::read_chain(self.file, &mut self.doc.chains, &key, value)?
+            {
+                // A chain, read.
+            } else {
+                let message = format!("unknown key; expected one of {}", keys_in(&path).join(", "));
+                return Err(self.error(key.referenced, Some(child), message));
+            }
         }
         Ok(())
     }
@@ -236,8 +275,8 @@ impl Walker<'_> {
         setting: &'static Setting,
         value: Spanned<Node>,
     ) -> Result<(), ConfigError> {
-        match value.value {
-            Node::Scalar(text) => {
+        match value.value.text() {
+            Some(text) => {
                 self.doc.assignments.push(Assignment {
                     key: path,
                     setting,
@@ -246,15 +285,25 @@ impl Walker<'_> {
                 });
                 Ok(())
             }
-            Node::Null => Err(self.error(
-                at,
-                Some(path),
-                "no value; give one or remove the key for the default".to_owned(),
-            )),
-            other => {
-                let message = format!("expected a single value, found {}", other.kind());
-                Err(self.error(at, Some(path), message))
-            }
+            None => Err(self.error(at, Some(path), not_single(&value.value))),
         }
     }
+}
+
+/// Why `node`, which is not a scalar, cannot be a single value.
+pub(super) fn not_single(node: &Node) -> String {
+    match node {
+        Node::Null => "no value; give one or remove the key for the default".to_owned(),
+        other => format!("expected a single value, found {}", other.kind()),
+    }
+}
+
+/// The keys accepted in the section at `path`, for messages: its settings and sections, and
+/// in `plugins` the chains too.
+fn keys_in(path: &str) -> Vec<&'static str> {
+    let mut keys = settings::keys_in(Some(path));
+    if path == "plugins" {
+        keys.extend(plugins::CHAINS);
+    }
+    keys
 }

@@ -23,7 +23,9 @@ use crate::api::error::{Code, ConnectError};
 use crate::api::proto::{SnapshotItem, StreamEvent, SubscribeRequest, SubscribeResponse};
 use crate::clock::now_ms;
 use crate::db::{Db, DbError};
-use crate::wal::{self, WalError};
+use crate::plugins::{FilterStep, Plugins, filter_entries};
+use crate::wal::{self, MutationRef, WalError};
+use wasmkv_guest::abi;
 
 /// How often an idle stream tells the replica the primary's LSN and clock.
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -32,6 +34,8 @@ const RECORDS_PER_MESSAGE: usize = 1024;
 const BYTES_PER_MESSAGE: usize = 1 << 20;
 /// Most snapshot entries per message.
 const ITEMS_PER_MESSAGE: usize = 1024;
+/// How long a stream waits before asking a failing filter again.
+const HOLD_RETRY: Duration = Duration::from_millis(200);
 
 /// Where a stream's messages go: the encoded messages are queued for the HTTP body.
 pub struct Outbox {
@@ -52,12 +56,24 @@ pub async fn serve(
     db: Arc<Db>,
     registry: Arc<Registry>,
     history: History,
+    plugins: Option<Arc<Plugins>>,
     request: SubscribeRequest,
     out: Outbox,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectError> {
     let mut applied = db.watch_applied();
     let labels: BTreeMap<String, String> = request.labels.clone().into_iter().collect();
+    let filter = Arc::new(Filter {
+        steps: plugins.map(|p| p.filters_for(&labels)).unwrap_or_default(),
+        replica: abi::ReplicaInfo {
+            id: if request.address.is_empty() {
+                request.replica_id.clone()
+            } else {
+                request.address.clone()
+            },
+            labels: labels.clone(),
+        },
+    });
     let primary_lsn = db.applied_lsn();
     let partial = history.shares(&request.replication_id, request.from_lsn, primary_lsn)
         && db.read_log(request.from_lsn).is_ok();
@@ -92,7 +108,7 @@ pub async fn serve(
         return Ok(());
     }
     if !partial {
-        if !send_snapshot(&db, &out).await? {
+        if !send_snapshot(&db, &filter, &out).await? {
             return Ok(());
         }
         let end = SubscribeResponse {
@@ -114,9 +130,20 @@ pub async fn serve(
         }
         let step = {
             let db = Arc::clone(&db);
-            tokio::task::spawn_blocking(move || read_records(&db, cursor))
+            let filter = Arc::clone(&filter);
+            tokio::task::spawn_blocking(move || read_records(&db, &filter, cursor))
                 .await
                 .map_err(|e| ConnectError::internal(format!("log reader failed: {e}")))??
+        };
+        let step = match step {
+            Step::Held(reason) => {
+                tracing::warn!(replica = %request.replica_id, %reason, "replication held back");
+                tokio::select! {
+                    () = tokio::time::sleep(HOLD_RETRY) => continue,
+                    () = out.tx.closed() => return Ok(()),
+                }
+            }
+            Step::Records(records) => records,
         };
         if let Some((records, last)) = step {
             cursor = last;
@@ -152,26 +179,43 @@ fn heartbeat(primary_lsn: u64) -> SubscribeResponse {
     }
 }
 
-/// Stream a copy of the data; false if the replica went away.
-async fn send_snapshot(db: &Arc<Db>, out: &Outbox) -> Result<bool, ConnectError> {
+/// Stream a copy of the data (what the replica's filters let through); false if the replica
+/// went away. A filter that holds ends the stream: the replica retries later.
+async fn send_snapshot(
+    db: &Arc<Db>,
+    filter: &Arc<Filter>,
+    out: &Outbox,
+) -> Result<bool, ConnectError> {
     let (chunks, mut received) = mpsc::channel::<Vec<SnapshotItem>>(4);
     let copier = {
         let db = Arc::clone(db);
+        let filter = Arc::clone(filter);
         tokio::task::spawn_blocking(move || {
             db.for_each_chunk(|entries| {
                 for part in entries.chunks(ITEMS_PER_MESSAGE) {
+                    let now = now_ms();
+                    let keep = filter.keep(part.iter().map(|e| abi::FilterEntry {
+                        op: abi::Op::Set,
+                        key: e.key.to_vec(),
+                        value_len: e.value.len() as u64,
+                        ttl_ms: remaining_ttl(e.expires_at_ms, now),
+                    }))?;
                     let items = part
                         .iter()
-                        .map(|e| SnapshotItem {
+                        .zip(keep)
+                        .filter(|(_, keep)| *keep)
+                        .map(|(e, _)| SnapshotItem {
                             key: e.key.clone(),
                             value: e.value.clone(),
                             expires_at_ms: e.expires_at_ms as i64,
                             version: e.version,
                         })
                         .collect();
-                    chunks.blocking_send(items)?;
+                    chunks
+                        .blocking_send(items)
+                        .map_err(|_| CopyStopped::ReplicaGone)?;
                 }
-                Ok::<(), mpsc::error::SendError<_>>(())
+                Ok::<(), CopyStopped>(())
             })
         })
     };
@@ -189,12 +233,59 @@ async fn send_snapshot(db: &Arc<Db>, out: &Outbox) -> Result<bool, ConnectError>
     let copied = copier
         .await
         .map_err(|e| ConnectError::internal(format!("snapshot copy failed: {e}")))?;
-    Ok(copied.is_ok())
+    match copied {
+        Ok(()) => Ok(true),
+        Err(CopyStopped::ReplicaGone) => Ok(false),
+        Err(CopyStopped::Held(reason)) => Err(ConnectError::unavailable(reason)),
+    }
 }
 
-/// The next committed records after `cursor` as WAL frames, and the last LSN among them;
-/// `None` when there is nothing new.
-fn read_records(db: &Db, cursor: u64) -> Result<Option<(Bytes, u64)>, ConnectError> {
+/// Why a snapshot copy stopped early.
+enum CopyStopped {
+    ReplicaGone,
+    Held(String),
+}
+
+impl From<String> for CopyStopped {
+    fn from(reason: String) -> Self {
+        CopyStopped::Held(reason)
+    }
+}
+
+/// The replication filters that apply to one replica.
+struct Filter {
+    steps: Vec<Arc<FilterStep>>,
+    replica: abi::ReplicaInfo,
+}
+
+impl Filter {
+    /// One decision per entry; `Err` = hold.
+    fn keep(&self, entries: impl Iterator<Item = abi::FilterEntry>) -> Result<Vec<bool>, String> {
+        filter_entries(&self.steps, &self.replica, entries.collect())
+    }
+}
+
+/// The TTL left at `now` of an entry expiring at `expires_at_ms` (0 = none).
+fn remaining_ttl(expires_at_ms: u64, now: u64) -> u64 {
+    if expires_at_ms == 0 {
+        0
+    } else {
+        expires_at_ms.saturating_sub(now).max(1)
+    }
+}
+
+/// What one read of the log gave.
+enum Step {
+    /// Frames and the last LSN among them, or nothing new.
+    Records(Option<(Bytes, u64)>),
+    /// A filter failed with `on_error: hold`: try the same records again later.
+    Held(String),
+}
+
+/// The next committed records after `cursor` as WAL frames, filtered for the replica: a
+/// mutation a filter drops leaves its record's LSN in place (an empty batch if nothing of it
+/// is left), so the replica's log stays dense and in step with the primary's.
+fn read_records(db: &Db, filter: &Filter, cursor: u64) -> Result<Step, ConnectError> {
     let reader = db.read_log(cursor).map_err(|e| match e {
         DbError::Wal(WalError::Trimmed { requested, oldest }) => ConnectError::new(
             Code::OutOfRange,
@@ -205,20 +296,72 @@ fn read_records(db: &Db, cursor: u64) -> Result<Option<(Bytes, u64)>, ConnectErr
         ),
         other => other.into(),
     })?;
-    let mut frames = Vec::new();
-    let mut last = None;
+    let mut records = Vec::new();
+    let mut bytes = 0usize;
     for record in reader.take(RECORDS_PER_MESSAGE) {
         let record = record.map_err(DbError::from)?;
+        bytes += record.command.approximate_size();
+        records.push(record);
+        if bytes >= BYTES_PER_MESSAGE {
+            break;
+        }
+    }
+    let Some(last) = records.last().map(|r| r.lsn) else {
+        return Ok(Step::Records(None));
+    };
+    if !filter.steps.is_empty() {
+        let now = now_ms();
+        let mut entries = Vec::new();
+        for record in &records {
+            record.command.for_each_mutation(|m| {
+                entries.push(match m {
+                    MutationRef::Set {
+                        key,
+                        value,
+                        expires_at_ms,
+                    } => abi::FilterEntry {
+                        op: abi::Op::Set,
+                        key: key.to_vec(),
+                        value_len: value.len() as u64,
+                        ttl_ms: remaining_ttl(expires_at_ms, now),
+                    },
+                    MutationRef::Delete { key } => abi::FilterEntry {
+                        op: abi::Op::Delete,
+                        key: key.to_vec(),
+                        value_len: 0,
+                        ttl_ms: 0,
+                    },
+                });
+            });
+        }
+        let keep = match filter.keep(entries.into_iter()) {
+            Ok(keep) => keep,
+            Err(reason) => return Ok(Step::Held(reason)),
+        };
+        let mut decisions = keep.into_iter();
+        for record in &mut records {
+            let mut kept = Vec::new();
+            let mut dropped = false;
+            record.command.for_each_mutation(|m| {
+                if decisions.next().unwrap_or(true) {
+                    kept.push(m.to_mutation());
+                } else {
+                    dropped = true;
+                }
+            });
+            if dropped {
+                record.command = wal::Command::Batch(kept);
+            }
+        }
+    }
+    let mut frames = Vec::with_capacity(bytes + records.len() * 32);
+    for record in &records {
         wal::encode_record(
             record.lsn,
             record.timestamp_ms,
             &record.command,
             &mut frames,
         );
-        last = Some(record.lsn);
-        if frames.len() >= BYTES_PER_MESSAGE {
-            break;
-        }
     }
-    Ok(last.map(|last| (Bytes::from(frames), last)))
+    Ok(Step::Records(Some((Bytes::from(frames), last))))
 }

@@ -75,6 +75,18 @@ impl Command {
         }
     }
 
+    /// Bytes of keys and values the record carries: a size estimate for batching.
+    pub fn approximate_size(&self) -> usize {
+        let mut size = 0;
+        self.for_each_mutation(|m| {
+            size += match m {
+                MutationRef::Set { key, value, .. } => key.len() + value.len() + 16,
+                MutationRef::Delete { key } => key.len() + 8,
+            }
+        });
+        size
+    }
+
     /// Call `f` with each change the record makes, in order, without copying keys or
     /// values: the one walk shared by apply, accounting and log readers.
     pub fn for_each_mutation<'a>(&'a self, mut f: impl FnMut(MutationRef<'a>)) {
@@ -129,6 +141,22 @@ impl<'a> MutationRef<'a> {
     pub fn key(self) -> &'a Bytes {
         match self {
             MutationRef::Set { key, .. } | MutationRef::Delete { key } => key,
+        }
+    }
+
+    /// The change as an owned mutation (sharing the record's buffers).
+    pub fn to_mutation(self) -> Mutation {
+        match self {
+            MutationRef::Set {
+                key,
+                value,
+                expires_at_ms,
+            } => Mutation::Set {
+                key: key.clone(),
+                value: value.clone(),
+                expires_at_ms,
+            },
+            MutationRef::Delete { key } => Mutation::Delete { key: key.clone() },
         }
     }
 }
