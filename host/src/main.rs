@@ -181,6 +181,14 @@ enum PluginCommand {
         /// Check only this hook (default: every hook the module exports)
         #[arg(long, value_enum)]
         hook: Option<cli::plugin::Hook>,
+        /// Longest one call may run (plugins.limits.deadline of the node it is meant for)
+        #[arg(
+            long,
+            value_parser = humantime::parse_duration,
+            default_value = "2ms",
+            value_name = "DURATION"
+        )]
+        deadline: Duration,
     },
 }
 
@@ -294,9 +302,12 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Plugin(PluginCommand::List { json, node }) => {
             cli::plugin::list(&node.into(), json)
         }
-        Command::Plugin(PluginCommand::Check { file, config, hook }) => {
-            cli::plugin::check(&file, config.as_deref(), hook)
-        }
+        Command::Plugin(PluginCommand::Check {
+            file,
+            config,
+            hook,
+            deadline,
+        }) => cli::plugin::check(&file, config.as_deref(), hook, deadline),
         Command::Bench(args) => cli::bench::run(*args),
         Command::Wal(WalCommand::Verify { dir }) => cli::offline::verify(&dir),
         Command::Wal(WalCommand::Dump {

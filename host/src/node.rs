@@ -6,6 +6,7 @@
 //! with that error.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -13,9 +14,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{ApiState, Limits, server};
-use crate::config::Config;
+use crate::config::{Config, PluginsConfig};
 use crate::plugins::{LoadError, Plugins};
 use crate::replication::{Replication, ReplicationError, ReplicationOptions};
+use crate::storage::EvictionPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -50,12 +52,11 @@ impl Node {
             source,
         })?;
         let mut opts = config.db_options();
-        let plugins = load_plugins(&config).await?;
-        if let (Some(plugins), Some(evict)) = (&plugins, &config.plugins.evict)
-            && let Some(policy) = &plugins.evict
-        {
-            opts.eviction_policy = Arc::clone(policy) as Arc<dyn crate::storage::EvictionPolicy>;
-            opts.eviction_samples = evict.sample;
+        let plugins = load_plugins(&config.plugins, &config.data_dir).await?;
+        let builtin_eviction = (Arc::clone(&opts.eviction_policy), opts.eviction_samples);
+        if let Some((policy, sample)) = plugin_eviction(plugins.as_deref(), &config.plugins) {
+            opts.eviction_policy = policy;
+            opts.eviction_samples = sample;
         }
         let state = Arc::new(ApiState::new(Limits {
             max_key_bytes: config.limits.max_key_bytes as usize,
@@ -98,12 +99,14 @@ impl Node {
         replication.start(state.shutdown_signal()).await;
         if let Some(plugins) = plugins {
             plugins.watch()?;
-            let _ = state.plugins.set(plugins);
+            state.plugins.store(Some(plugins));
         }
         let _ = state.replication.set(replication);
         Ok(NodeHandle {
             addr,
             state,
+            data_dir: config.data_dir.clone(),
+            builtin_eviction,
             stop,
             server,
         })
@@ -114,6 +117,9 @@ impl Node {
 pub struct NodeHandle {
     addr: SocketAddr,
     state: Arc<ApiState>,
+    data_dir: PathBuf,
+    /// The configured built-in eviction policy, for when a reload drops the evict chain.
+    builtin_eviction: (Arc<dyn EvictionPolicy>, usize),
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
 }
@@ -121,6 +127,23 @@ pub struct NodeHandle {
 impl NodeHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Replace the plugin chains with those of `config` (SIGHUP). The new chains are loaded
+    /// and checked first; on any error the running ones stay and the error is returned.
+    pub async fn reload_plugins(&self, config: &PluginsConfig) -> Result<(), NodeError> {
+        let plugins = load_plugins(config, &self.data_dir).await?;
+        if let Some(plugins) = &plugins {
+            plugins.watch()?;
+        }
+        if let Ok(db) = self.state.db() {
+            let (policy, sample) = plugin_eviction(plugins.as_deref(), config)
+                .unwrap_or_else(|| self.builtin_eviction.clone());
+            db.set_eviction_policy(policy, sample);
+        }
+        self.state.plugins.store(plugins);
+        tracing::info!("plugin chains reloaded");
+        Ok(())
     }
 
     /// Stop accepting, let in-flight requests finish, then flush and fsync the WAL and
@@ -170,13 +193,16 @@ fn replication_options(config: &Config, addr: SocketAddr) -> ReplicationOptions 
 
 /// The plugins the config's chains name, compiled (or taken from the cache in the data
 /// directory) off the async workers; `None` when no chain names one.
-async fn load_plugins(config: &Config) -> Result<Option<Arc<Plugins>>, NodeError> {
-    if config.plugins.is_empty() {
+async fn load_plugins(
+    config: &PluginsConfig,
+    data_dir: &Path,
+) -> Result<Option<Arc<Plugins>>, NodeError> {
+    if config.is_empty() {
         return Ok(None);
     }
-    let plugins = config.plugins.clone();
+    let plugins = config.clone();
     // wasmtime wants an absolute cache directory.
-    let cache = std::path::absolute(config.data_dir.join("plugin-cache")).map_err(|e| {
+    let cache = std::path::absolute(data_dir.join("plugin-cache")).map_err(|e| {
         NodeError::Plugins(LoadError::Runtime(format!("plugin cache directory: {e}")))
     })?;
     let loaded = tokio::task::spawn_blocking(move || Plugins::load(&plugins, Some(&cache)))
@@ -186,4 +212,16 @@ async fn load_plugins(config: &Config) -> Result<Option<Arc<Plugins>>, NodeError
         tracing::info!(plugin = %info.name, sha256 = %info.sha256, chains = ?info.chains, "plugin loaded");
     }
     Ok(Some(Arc::new(loaded)))
+}
+
+/// The eviction policy and sample size of an `evict` chain, if `plugins` has one.
+fn plugin_eviction(
+    plugins: Option<&Plugins>,
+    config: &PluginsConfig,
+) -> Option<(Arc<dyn EvictionPolicy>, usize)> {
+    let policy = plugins?.evict.clone()?;
+    Some((
+        policy as Arc<dyn EvictionPolicy>,
+        config.evict.as_ref()?.sample,
+    ))
 }

@@ -1,8 +1,9 @@
-//! `cargo xtask demo`: build wasmkv, start a primary from `config/primary.yaml` in a fresh data
-//! directory, and walk through a scripted tour that prints each step and its result — the
-//! CLI, Connect JSON over plain HTTP, the curl routes, a restart that keeps the data — then a
-//! replica from `config/replica.yaml` that catches up, serves reads, forwards writes, and
-//! resumes where it left off after a restart.
+//! `cargo xtask demo`: build wasmkv and the plugins, start a primary from `config/primary.yaml`
+//! (plus a validate chain running the `key-policy` plugin) in a fresh data directory, and walk
+//! through a scripted tour that prints each step and its result — the CLI, Connect JSON over
+//! plain HTTP, the curl routes, the plugin refusing and allowing writes, a restart that keeps
+//! the data — then a replica from `config/replica.yaml` that catches up, serves reads,
+//! forwards writes, and resumes where it left off after a restart.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,7 +13,35 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, free_port, root, run, target_dir};
+use crate::{cargo, free_port, plugins, root, run, target_dir};
+
+/// The demo primary's validator: `key-policy` with this config (a YAML flow mapping).
+const POLICY: &str =
+    r#"{denied_prefixes: ["system:"], prefix_rules: [{prefix: "session:", require_ttl: true}]}"#;
+
+/// `config/primary.yaml` (unchanged) followed by a `plugins:` section whose validate chain runs
+/// `key-policy` from `plugin_dir`: the file the demo primary runs with.
+fn primary_config(plugin_dir: &Path) -> Result<String> {
+    let base = std::fs::read_to_string(root().join("config/primary.yaml"))
+        .context("read config/primary.yaml")?;
+    Ok(format!("{base}\n{}", plugins_section(plugin_dir)))
+}
+
+fn plugins_section(plugin_dir: &Path) -> String {
+    [
+        "# Added by cargo xtask demo: every write goes through the key-policy plugin.".to_owned(),
+        "plugins:".to_owned(),
+        format!("  dir: {:?}", plugin_dir.display().to_string()),
+        "  # Roomier than the 2ms default, for a debug build on a busy machine.".to_owned(),
+        "  limits: {deadline: 20ms}".to_owned(),
+        "  validate:".to_owned(),
+        "    - plugin: key-policy".to_owned(),
+        format!("      config: {POLICY}"),
+        "      on_error: reject".to_owned(),
+        String::new(),
+    ]
+    .join("\n")
+}
 
 /// A node started by the demo; stopped with SIGTERM (graceful) when dropped.
 struct RunningNode {
@@ -85,13 +114,26 @@ pub fn demo(exit: bool) -> Result<()> {
     let wasmkv = target_dir().join("debug/wasmkv");
     let data = tempfile::tempdir().context("temp dir")?;
     let data_dir = data.path().join("primary");
-    let config = root().join("config/primary.yaml");
+    let plugin_dir = data.path().join("plugins");
+    let built = plugins::build(&plugins::default_out_dir())?;
+    let key_policy = built
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "key-policy.wasm"))
+        .context("cargo xtask plugins built no key-policy.wasm")?;
+    std::fs::create_dir_all(&plugin_dir).context("create the demo's plugin directory")?;
+    std::fs::copy(key_policy, plugin_dir.join("key-policy.wasm"))
+        .context("copy key-policy.wasm into the demo's plugin directory")?;
+    let config = data.path().join("primary.yaml");
+    std::fs::write(&config, primary_config(&plugin_dir)?).context("write the demo's config")?;
     let port = if exit { free_port()? } else { 8080 };
     let addr = format!("http://127.0.0.1:{port}");
 
     step(&format!(
-        "start a primary: wasmkv serve --config config/primary.yaml (data in {}, port {port})",
-        data_dir.display()
+        "start a primary: wasmkv serve --config {} (data in {}, port {port}): config/primary.yaml \
+         and, appended,\n{}",
+        config.display(),
+        data_dir.display(),
+        indent(&plugins_section(&plugin_dir))
     ));
     let mut node = RunningNode::start(&wasmkv, &config, &data_dir, port, &[])?;
     println!("    ready: GET /readyz -> 200");
@@ -157,6 +199,30 @@ pub fn demo(exit: bool) -> Result<()> {
         &[("Content-Type", "application/json")],
     )?;
     println!("    Set without a key -> {status} {reply}");
+
+    step(&format!(
+        "a plugin judges every write: the key-policy validator with {POLICY}"
+    ));
+    let refused = cli(&["set", "system:flags", "on"])?;
+    if !refused.contains("permission_denied")
+        || !refused.contains(
+            "refused by plugin key-policy: key \"system:flags\" starts with the denied prefix",
+        )
+    {
+        bail!("key-policy did not refuse a key with a denied prefix: {refused}");
+    }
+    let refused = cli(&["set", "session:43", "token"])?;
+    if !refused.contains("permission_denied") || !refused.contains("needs a TTL") {
+        bail!("key-policy did not refuse a session without a TTL: {refused}");
+    }
+    let allowed = cli(&["set", "session:43", "token", "--ttl", "1m"])?;
+    if allowed.contains("error") {
+        bail!("key-policy refused a write it allows: {allowed}");
+    }
+    let listed = cli(&["plugin", "list"])?;
+    if !listed.contains("plugin: key-policy") {
+        bail!("wasmkv plugin list does not show key-policy: {listed}");
+    }
 
     step("status");
     cli(&["status"])?;

@@ -26,7 +26,7 @@ enum Task {
         #[arg(long)]
         exit: bool,
     },
-    /// Everything CI checks: formatting, lints, the whole test suite, and the demo.
+    /// Everything CI checks: formatting, lints, the plugins, the whole test suite, the demo.
     Test,
     /// Benchmark wasmkv against Redis (and the storage engine) and rewrite BENCHMARKS.md.
     Bench {
@@ -96,9 +96,20 @@ fn test() -> Result<()> {
         "warnings",
     ]);
     run("cargo clippy -D warnings", clippy)?;
+    // The plugin tests load the shipped plugins from here (they would build them otherwise).
+    let plugin_dir = plugins::default_out_dir();
+    plugins::build(&plugin_dir)?;
     let mut tests = cargo();
-    tests.args(["test", "--workspace"]);
-    run("cargo test --workspace", tests)?;
+    tests
+        .args(["test", "--workspace"])
+        .env("WASMKV_PLUGIN_DIR", &plugin_dir);
+    run(
+        &format!(
+            "cargo test --workspace (WASMKV_PLUGIN_DIR={})",
+            plugin_dir.display()
+        ),
+        tests,
+    )?;
     demo(true)
 }
 

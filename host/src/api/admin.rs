@@ -72,6 +72,11 @@ pub async fn list_plugins(
     _: ListPluginsRequest,
 ) -> Result<ListPluginsResponse, ConnectError> {
     Ok(ListPluginsResponse {
-        plugins: state.plugins.get().map(|p| p.list()).unwrap_or_default(),
+        plugins: state
+            .plugins
+            .load()
+            .as_ref()
+            .map(|p| p.list())
+            .unwrap_or_default(),
     })
 }

@@ -44,7 +44,7 @@ pub async fn subscribe(
         encode: Box::new(move |message| envelope(0, &codec.encode(message))),
     };
     let shutdown = state.shutdown_signal();
-    let plugins = state.plugins.get().cloned();
+    let plugins = state.plugins.load_full();
     tokio::spawn(async move {
         let registry = Arc::clone(replication.registry());
         let history = replication.history();

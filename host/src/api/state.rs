@@ -4,6 +4,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
+
 use super::error::{Code, ConnectError};
 use super::metrics::Metrics;
 use crate::db::{Db, DbError};
@@ -63,8 +65,8 @@ pub struct ApiState {
     pub store: Arc<StoreSlot>,
     /// Set with the store: the node's replication role.
     pub replication: Arc<OnceLock<Arc<Replication>>>,
-    /// The node's plugins, when its config names any.
-    pub plugins: OnceLock<Arc<Plugins>>,
+    /// The node's plugins, when its config names any; replaced whole by a reload (SIGHUP).
+    pub plugins: ArcSwapOption<Plugins>,
     pub limits: Limits,
     pub metrics: Metrics,
     pub started: Instant,
@@ -80,7 +82,7 @@ impl ApiState {
             metrics: Metrics::new(Arc::clone(&store), Arc::clone(&replication)),
             store,
             replication,
-            plugins: OnceLock::new(),
+            plugins: ArcSwapOption::empty(),
             limits,
             started: Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),
@@ -106,7 +108,7 @@ impl ApiState {
 
     /// Run the validate chain on one write: a veto is `permission_denied` with its reason.
     pub fn validate(&self, write: &WriteCheck<'_>) -> Result<(), ConnectError> {
-        match self.plugins.get() {
+        match &*self.plugins.load() {
             Some(plugins) => plugins
                 .validate
                 .check(write)

@@ -3,6 +3,17 @@
 //! The figures it reports must be the node's, so the client costs as little as it can. Every
 //! connection is one task with exactly one request in flight (a closed loop, as `wrk` and
 //! `redis-benchmark` without `-P` run), on its own socket (no pool, no per-call lookups).
+//!
+//! With `--rate N` the load is paced instead (open loop, as far as one request in flight per
+//! connection allows, like `wrk2`): request `k` of connection `i` (of `C`) is due
+//! `(k * C + i) / N` seconds after the load starts, so the requests of all connections
+//! together are spread evenly at N per second. A connection sleeps until its next request is
+//! due; one that is behind (its previous answer came late) sends at once. Latency is then
+//! counted from when the request was due whenever the connection was behind, so the time a
+//! request waited for a slow answer to the one before it is part of its latency (no
+//! coordinated omission), and from when it was sent otherwise (the client's timer, about 1 ms
+//! coarse, is not charged to the node). A node that cannot keep up shows it twice: the rate
+//! reached stays below N, and latencies grow with the backlog.
 //! Requests are serialized once, by the real codec, with placeholder keys; a request then
 //! only rewrites its keys' digits (every key is `key:` and 12 digits, so the layout never
 //! changes). `link` holds the wire side, `report` the figures.
@@ -93,7 +104,7 @@ pub struct BenchArgs {
         value_name = "URL"
     )]
     pub addr: String,
-    /// Connections, each with one request in flight (closed loop)
+    /// Connections, each with one request in flight (closed loop unless --rate)
     #[arg(long, default_value_t = 50, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
@@ -134,6 +145,10 @@ pub struct BenchArgs {
     /// First set every key of the key space once (Write batches of 100), so gets hit
     #[arg(long)]
     pub preload: bool,
+    /// Requests per second across all connections, each sending at its share of the rate
+    /// (paced; latency then counts from when a request was due) [default: as fast as answered]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
     /// Client threads [default: one per core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
@@ -192,6 +207,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         args.connections,
         args.http2,
         batch,
+        args.rate,
         &totals,
     );
     let text = if args.json {
@@ -229,6 +245,8 @@ struct Plan {
     preload: bool,
     warmup: Duration,
     stop: StopRule,
+    /// `--rate`: requests per second across all connections.
+    rate: Option<u64>,
     /// Requests are `calls[0]`, or with two calls (the mixed workload) `calls[0]` with
     /// probability `first_share` and `calls[1]` otherwise.
     calls: Vec<Call>,
@@ -313,6 +331,7 @@ impl Plan {
             preload: args.preload,
             warmup: args.warmup,
             stop,
+            rate: args.rate,
             calls,
             first_share,
             preload_call: target.connect_target("Write")?,
@@ -608,6 +627,10 @@ async fn connection(index: u64, shared: Arc<Shared>) -> Recorder {
     // Seeded per connection: runs are repeatable, and connections draw different keys.
     let mut rng = fastrand::Rng::with_seed(0x5eed_0000_0000 + index);
     let mut caller = Caller::new(&plan.calls);
+    // Kept across reconnections: a lost connection does not reset its share of the rate.
+    let mut pace = plan
+        .rate
+        .map(|rate| Pace::new(rate, shared.connections, index, timeline.load_from));
     loop {
         let session = measure(
             &mut link,
@@ -616,6 +639,7 @@ async fn connection(index: u64, shared: Arc<Shared>) -> Recorder {
             &mut recorder,
             &mut rng,
             &mut caller,
+            &mut pace,
         );
         let ended = match timeline.give_up_at() {
             None => Some(session.await),
@@ -668,9 +692,9 @@ async fn preload(link: &mut Link, shared: &Shared) -> Result<(), ConnectError> {
     }
 }
 
-/// The closed loop: send, wait for the whole answer, record, again. Ok when the stop rule
-/// ended it; Err when the link can serve no more (a failure already counted, or the node
-/// closing the connection).
+/// The loop: (wait until the next request is due, when paced,) send, wait for the whole
+/// answer, record, again. Ok when the stop rule ended it; Err when the link can serve no more
+/// (a failure already counted, or the node closing the connection).
 async fn measure(
     link: &mut Link,
     shared: &Shared,
@@ -678,17 +702,28 @@ async fn measure(
     recorder: &mut Recorder,
     rng: &mut fastrand::Rng,
     caller: &mut Caller<'_>,
+    pace: &mut Option<Pace>,
 ) -> Result<(), ()> {
     let plan = &shared.plan;
     loop {
         if !link.reusable() {
             return Err(());
         }
-        let started = Instant::now();
-        let measured = started >= timeline.measure_from;
-        if measured && !timeline.admit(started) {
+        let now = Instant::now();
+        let due = pace.as_mut().map_or(now, Pace::next_due);
+        // Admitted (or not) by when it is due, so that a paced connection never sleeps past
+        // the end of the run.
+        let measured = due >= timeline.measure_from;
+        if measured && !timeline.admit(due) {
             return Ok(());
         }
+        // Behind schedule (or not paced): latency counts from when the request was due.
+        let started = if due > now {
+            tokio::time::sleep_until(due.into()).await;
+            Instant::now()
+        } else {
+            due
+        };
         let which = usize::from(plan.calls.len() > 1 && rng.f64() >= plan.first_share);
         let want_error = recorder.first_error.is_none();
         let keys = plan.keys;
@@ -708,6 +743,45 @@ async fn measure(
                 return Err(());
             }
         }
+    }
+}
+
+/// The schedule of one connection under `--rate`: its request `k` is due
+/// `(k * connections + index) / rate` seconds after the load started, so that all the
+/// connections together send `rate` requests per second, evenly spread. Computed from the
+/// start each time (in integer nanoseconds), so no rounding error adds up over a long run.
+struct Pace {
+    from: Instant,
+    rate: u64,
+    connections: u64,
+    index: u64,
+    /// Requests of this connection scheduled so far.
+    scheduled: u64,
+}
+
+impl Pace {
+    fn new(rate: u64, connections: usize, index: u64, from: Instant) -> Pace {
+        Pace {
+            from,
+            rate,
+            connections: connections as u64,
+            index,
+            scheduled: 0,
+        }
+    }
+
+    /// How long after the start request `k` of this connection is due.
+    fn offset(&self, k: u64) -> Duration {
+        let slot = u128::from(k) * u128::from(self.connections) + u128::from(self.index);
+        let nanos = slot * 1_000_000_000 / u128::from(self.rate);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// When this connection's next request is due; each call moves its schedule one on.
+    fn next_due(&mut self) -> Instant {
+        let due = self.from + self.offset(self.scheduled);
+        self.scheduled += 1;
+        due
     }
 }
 
@@ -816,8 +890,10 @@ mod tests {
         assert_eq!(args.ttl_ms, 0);
         assert_eq!(args.warmup, Duration::from_secs(1));
         assert!(!args.preload && !args.json && !args.progress);
+        assert_eq!(args.rate, None);
         let plan = Plan::new(&args).unwrap();
         assert_eq!(plan.stop, StopRule::After(Duration::from_secs(10)));
+        assert_eq!(plan.rate, None);
         if std::env::var_os("WASMKV_ADDR").is_none() {
             assert_eq!(plan.connect_to, "127.0.0.1:8080");
         }
@@ -864,12 +940,55 @@ mod tests {
             &["--read-ratio", "-0.1"],
             &["--read-ratio", "most"],
             &["--threads", "0"],
+            &["--rate", "0"],
+            &["--rate", "-5"],
+            &["--rate", "1.5"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(parse(&["--read-ratio", "0"]).unwrap().read_ratio, 0.0);
         assert_eq!(parse(&["--read-ratio", "1"]).unwrap().read_ratio, 1.0);
         assert_eq!(parse(&["--keys", "1000000000000"]).unwrap().keys, MAX_KEYS);
+        assert_eq!(plan(&["--rate", "1"]).rate, Some(1));
+        assert_eq!(plan(&["--rate=250000"]).rate, Some(250_000));
+    }
+
+    #[test]
+    fn the_pace_spreads_the_rate_evenly_over_the_connections() {
+        let start = Instant::now();
+        // 1,000 requests/s over 4 connections: each sends every 4 ms, the 4 of them 1 ms
+        // apart, so that together they send one request every millisecond.
+        let mut all: Vec<Duration> = (0..4)
+            .flat_map(|index| {
+                let mut pace = Pace::new(1_000, 4, index, start);
+                (0..250).map(move |_| pace.next_due() - start)
+            })
+            .collect();
+        all.sort();
+        let want: Vec<Duration> = (0..1_000).map(Duration::from_millis).collect();
+        assert_eq!(all, want);
+        let mut third = Pace::new(1_000, 4, 2, start);
+        let due: Vec<Duration> = (0..3).map(|_| third.next_due() - start).collect();
+        assert_eq!(due, [2, 6, 10].map(Duration::from_millis));
+    }
+
+    #[test]
+    fn the_pace_does_not_drift() {
+        // 7 requests/s over 3 connections: 3/7 s per request per connection, which no
+        // Duration holds exactly; the millionth request is still due at 3,000,000/7 s.
+        let pace = Pace::new(7, 3, 0, Instant::now());
+        assert_eq!(
+            pace.offset(1_000_000),
+            Duration::from_nanos(3_000_000 * 1_000_000_000 / 7)
+        );
+        // Fewer requests per second than connections: each sends less than once a second.
+        let slow = Pace::new(1, 50, 49, Instant::now());
+        assert_eq!(slow.offset(0), Duration::from_secs(49));
+        assert_eq!(slow.offset(1), Duration::from_secs(99));
+        // A rate above a billion per second rounds down to the nanosecond, never below 0.
+        let fast = Pace::new(4_000_000_000, 1, 0, Instant::now());
+        assert_eq!(fast.offset(3), Duration::ZERO);
+        assert_eq!(fast.offset(4), Duration::from_nanos(1));
     }
 
     #[test]

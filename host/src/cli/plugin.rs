@@ -167,7 +167,12 @@ fn read_config(arg: Option<&str>) -> Result<serde_json::Value> {
 /// Load `file` as a node would (ABI v1, imports, exports, `wasmkv_init` with the config), then
 /// call each hook once with a sample input. Prints each check that passed; the first failure
 /// is the error (exit status 2).
-pub fn check(file: &Path, config: Option<&str>, hook: Option<Hook>) -> Result<ExitCode> {
+pub fn check(
+    file: &Path,
+    config: Option<&str>,
+    hook: Option<Hook>,
+    deadline: Duration,
+) -> Result<ExitCode> {
     let name = match (file.file_stem(), file.extension()) {
         (Some(stem), Some(ext)) if ext == "wasm" => stem
             .to_str()
@@ -185,7 +190,17 @@ pub fn check(file: &Path, config: Option<&str>, hook: Option<Hook>) -> Result<Ex
     };
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let config = read_config(config)?;
-    let limits = PluginLimits::default();
+    if deadline.is_zero() || deadline > PluginLimits::MAX_DEADLINE {
+        bail!(
+            "--deadline {} is out of range; expected more than 0, at most {:?}",
+            humantime::format_duration(deadline),
+            PluginLimits::MAX_DEADLINE
+        );
+    }
+    let limits = PluginLimits {
+        deadline,
+        ..PluginLimits::default()
+    };
     let passed = |what: String| print(format!("ok: {what}\n").as_bytes());
 
     // What the module exports decides which chains it is tried in.
@@ -255,14 +270,14 @@ pub fn check(file: &Path, config: Option<&str>, hook: Option<Hook>) -> Result<Ex
         ))?;
     } else if hooks.init {
         passed(format!(
-            "loaded with the limits of a default node ({} memory, {:?} per call); wasmkv_init \
+            "loaded in a sandbox of {} memory and {:?} per call; wasmkv_init \
              accepted the config {config}",
             bytesize_text(limits.memory),
             limits.deadline
         ))?;
     } else {
         passed(format!(
-            "loaded with the limits of a default node ({} memory, {:?} per call); it has no \
+            "loaded in a sandbox of {} memory and {:?} per call; it has no \
              wasmkv_init, so it takes no config{}",
             bytesize_text(limits.memory),
             limits.deadline,

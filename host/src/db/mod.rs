@@ -428,6 +428,15 @@ impl Db {
         self.inner.wal.set_retention_floor(lsn);
     }
 
+    /// Evict with `policy` (sampling `sample` candidates) from now on: a plugin reload.
+    pub fn set_eviction_policy(&self, policy: Arc<dyn EvictionPolicy>, sample: usize) {
+        self.inner
+            .seq
+            .lock()
+            .evictor_mut()
+            .set_policy(policy, sample);
+    }
+
     /// Start or stop deleting expired keys in the background (see
     /// [`DbOptions::active_expiry`]).
     pub fn set_active_expiry(&self, enabled: bool) {

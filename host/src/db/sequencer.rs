@@ -74,6 +74,10 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
+    pub fn evictor_mut(&mut self) -> &mut Evictor {
+        &mut self.evictor
+    }
+
     pub fn new(evictor: Evictor) -> Self {
         Sequencer {
             overlay: HashMap::default(),

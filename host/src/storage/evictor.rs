@@ -38,6 +38,12 @@ pub struct Evictor {
 impl Evictor {
     /// `sample` is how many candidates to sample per victim needed, like Redis's
     /// `maxmemory-samples` ([`DEFAULT_SAMPLE`] is its default); 0 counts as 1.
+    /// Rank with `policy` from now on (a plugin reload); the candidate pool is emptied, since
+    /// it was ranked by the old policy.
+    pub fn set_policy(&mut self, policy: Arc<dyn EvictionPolicy>, sample: usize) {
+        *self = Evictor::new(policy, sample);
+    }
+
     pub fn new(policy: Arc<dyn EvictionPolicy>, sample: usize) -> Self {
         Self {
             policy,

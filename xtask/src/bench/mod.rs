@@ -3,12 +3,14 @@
 //! Installs what the machine lacks (`setup`), builds wasmkv in release, runs the storage
 //! bench (`host/benches/storage.rs`, which owns its section of BENCHMARKS.md), checks the
 //! load generator against wrk (`wrk`), then runs every scenario of issue 4 (`scenarios`)
-//! against both servers (`wasmkv`, `redis`, started through `cmd`), and rewrites
-//! BENCHMARKS.md around the storage section (`report`). `--quick` is a smoke run: one short
-//! round, smaller data sets, tables printed and nothing written.
+//! against both servers (`wasmkv`, `redis`, started through `cmd`) and the replication
+//! figures of issue 5 on wasmkv alone (`replication`), and rewrites BENCHMARKS.md around the
+//! storage section (`report`). `--quick` is a smoke run: one short round, smaller data sets,
+//! tables printed and nothing written.
 
 mod cmd;
 mod redis;
+mod replication;
 mod report;
 mod scenarios;
 mod setup;
@@ -38,6 +40,8 @@ pub struct Plan {
     pub keys: u64,
     /// The data set of scenarios 4 and 5.
     pub big_keys: u64,
+    /// Replication: the SETs a stopped replica catches up on, and the keys of a full resync.
+    pub replication_keys: u64,
     /// When the run began, for the progress lines.
     pub started: Instant,
     /// Parent of every server's temp dir: under the target dir rather than /tmp, which may be
@@ -64,6 +68,7 @@ impl Plan {
                 warmup: Duration::from_millis(300),
                 keys: 100_000,
                 big_keys: 200_000,
+                replication_keys: 100_000,
                 started,
                 tmp,
             }
@@ -74,6 +79,7 @@ impl Plan {
                 warmup: Duration::from_secs(1),
                 keys: 100_000,
                 big_keys: 1_000_000,
+                replication_keys: 1_000_000,
                 started,
                 tmp,
             }
@@ -156,11 +162,20 @@ pub fn bench(quick: bool) -> Result<()> {
 
     let plan = Plan::new(quick, started)?;
     let tables = scenarios::run_all(&plan, &wasmkv)?;
-    let rendered: String = tables
-        .iter()
-        .map(|t| t.render(plan.rounds))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let replication = replication::run_all(&plan, &wasmkv)?;
+    let render = |tables: &[report::Table]| -> String {
+        tables
+            .iter()
+            .map(|t| t.render(plan.rounds))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let rendered = format!(
+        "{}\n{}\n{}",
+        render(&tables),
+        replication::intro(plan.rounds),
+        render(&replication)
+    );
     let elapsed = started.elapsed();
     let (met, set) = report::target_count(&tables);
     println!("\n{rendered}\nTargets met: {met} of {set}.");

@@ -29,6 +29,8 @@ pub enum Unit {
     Micros,
     Bytes,
     Seconds,
+    /// A plain number (log entries, keys).
+    Count,
 }
 
 pub struct Row {
@@ -60,9 +62,10 @@ impl Row {
 /// One scenario's table, with what each side ran.
 pub struct Table {
     pub title: String,
-    /// Column names: `wasmkv` and `Redis`, or `wasmkv bench` and `wrk` for the client check.
+    /// Column names: `wasmkv` and `Redis`, or `wasmkv bench` and `wrk` for the client check;
+    /// no second column for figures of wasmkv alone (replication).
     ours: &'static str,
-    theirs: &'static str,
+    theirs: Option<&'static str>,
     pub setup: Vec<String>,
     pub notes: Vec<String>,
     pub commands: Commands,
@@ -76,9 +79,18 @@ impl Table {
 
     pub fn versus(title: &str, ours: &'static str, theirs: &'static str, setup: &[&str]) -> Table {
         Table {
-            title: title.to_owned(),
             ours,
-            theirs,
+            theirs: Some(theirs),
+            ..Table::alone(title, setup)
+        }
+    }
+
+    /// A table of wasmkv's figures only: one column, no ratio, no target.
+    pub fn alone(title: &str, setup: &[&str]) -> Table {
+        Table {
+            title: title.to_owned(),
+            ours: "wasmkv",
+            theirs: None,
             setup: setup.iter().map(|s| (*s).to_owned()).collect(),
             notes: Vec::new(),
             commands: Commands::default(),
@@ -128,12 +140,30 @@ impl Table {
         for line in &self.setup {
             let _ = writeln!(out, "- {line}");
         }
+        let Some(theirs) = self.theirs else {
+            let _ = writeln!(
+                out,
+                "\n| figure (median of {rounds}) | {} |\n|---|---:|",
+                self.ours
+            );
+            for row in &self.rows {
+                let _ = writeln!(
+                    out,
+                    "| {} | {}{} |",
+                    row.figure,
+                    show(row.unit, median(&row.ours)),
+                    spread(&row.ours),
+                );
+            }
+            self.render_tail(&mut out);
+            return out;
+        };
         let _ = writeln!(
             out,
             "\n| figure (median of {rounds}) | {} | {} | ratio: {0}/{1} for rates, {1}/{0} for \
              latency, bytes, time (≥ 1.00: {0} wins) | target (ratio ≥ 1.00) |\n\
              |---|---:|---:|---:|---|",
-            self.ours, self.theirs
+            self.ours, theirs
         );
         for row in &self.rows {
             let ratio = row.ratio().map_or("—".into(), |r| format!("{r:.2}"));
@@ -152,6 +182,12 @@ impl Table {
                 spread(&row.theirs),
             );
         }
+        self.render_tail(&mut out);
+        out
+    }
+
+    /// The notes and the commands, after the figures.
+    fn render_tail(&self, out: &mut String) {
         if !self.notes.is_empty() {
             out.push('\n');
             for note in &self.notes {
@@ -163,7 +199,6 @@ impl Table {
             let _ = writeln!(out, "{cmd}");
         }
         out.push_str("```\n");
-        out
     }
 }
 
@@ -210,6 +245,7 @@ fn show(unit: Unit, value: Option<f64>) -> String {
         Unit::Bytes => format!("{v:.0} B"),
         Unit::Seconds if v < 1.0 => format!("{:.0} ms", v * 1000.0),
         Unit::Seconds => format!("{v:.2} s"),
+        Unit::Count => thousands(v),
     }
 }
 
@@ -314,6 +350,27 @@ mod tests {
             text.contains("| GET ops/s | 123,457/s | 100,000/s | 1.23 | met |"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn renders_a_table_of_wasmkv_alone() {
+        let mut t = Table::alone("R. Lag", &["three nodes"]);
+        t.row("lag p99, entries", Unit::Count, Better::Lower, false);
+        t.ours("lag p99, entries", 1234.0);
+        t.commands.push("wasmkv status --json --addr $URL".into());
+        let text = t.render(1);
+        assert!(
+            text.contains(
+                "| figure (median of 1) | wasmkv |\n|---|---:|\n| lag p99, entries | 1,234 |\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("ratio"), "{text}");
+        assert!(
+            text.ends_with("```\nwasmkv status --json --addr $URL\n```\n"),
+            "{text}"
+        );
+        assert_eq!(target_count(&[t]), (0, 0));
     }
 
     #[test]

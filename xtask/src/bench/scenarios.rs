@@ -31,7 +31,7 @@ const ALWAYS: &[&str] = &[
     "--appendfsync",
     "always",
 ];
-const SYNC_NEVER: &[(&str, &str)] = &[("WASMKV_WAL__SYNC", "never")];
+pub(super) const SYNC_NEVER: &[(&str, &str)] = &[("WASMKV_WAL__SYNC", "never")];
 const SYNC_INTERVAL: &[(&str, &str)] = &[
     ("WASMKV_WAL__SYNC", "interval"),
     ("WASMKV_WAL__SYNC_INTERVAL", "1s"),
@@ -39,7 +39,7 @@ const SYNC_INTERVAL: &[(&str, &str)] = &[
 const SYNC_ALWAYS: &[(&str, &str)] = &[("WASMKV_WAL__SYNC", "always")];
 /// Scenarios 4 and 5 lift the default 512 MiB memory limit, so 1M keys are never evicted on
 /// a build whose per-key cost grew (Redis has no limit by default either).
-const NO_MEMORY_LIMIT: &[(&str, &str)] = &[("WASMKV_STORAGE__MAX_MEMORY", "0")];
+pub(super) const NO_MEMORY_LIMIT: &[(&str, &str)] = &[("WASMKV_STORAGE__MAX_MEMORY", "0")];
 
 pub(super) const CONNECTIONS: u32 = 50;
 const VALUE_SIZE: usize = 64;

@@ -1,6 +1,7 @@
 //! The wasmkv side: a `wasmkv serve` node per run (config/primary.yaml with the scenario's
-//! settings as `WASMKV_*` environment overrides, as an operator would set them), and runs of
-//! the load generator `wasmkv bench`, whose one-line JSON result is parsed here.
+//! settings as `WASMKV_*` environment overrides, as an operator would set them; a replica is
+//! the same with `WASMKV_PRIMARY__ADDRESS`), and runs of the load generator `wasmkv bench`,
+//! whose one-line JSON result is parsed here.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -27,33 +28,77 @@ pub struct Node {
     port: u16,
     dir: PathBuf,
     env: Vec<(String, String)>,
+    /// For a replica: its primary's `host:port`.
+    primary: Option<String>,
     /// From spawn until `/readyz` answered 200.
     pub ready_after: Duration,
+}
+
+/// What a stopped node needs to start again on the same data, port and settings.
+pub struct Stopped {
+    dir: PathBuf,
+    port: u16,
+    env: Vec<(String, String)>,
+    primary: Option<String>,
 }
 
 impl Wasmkv {
     /// Start a node with its data in `dir` and `env` overrides (e.g. `WASMKV_WAL__SYNC`).
     pub fn start(&self, dir: &Path, env: &[(&str, &str)], commands: &mut Commands) -> Result<Node> {
+        self.start_node(dir, env, None, commands)
+    }
+
+    /// Start a replica of `primary` (`WASMKV_PRIMARY__ADDRESS`, shown as `$PRIMARY`), like
+    /// `start` otherwise.
+    pub fn start_replica(
+        &self,
+        dir: &Path,
+        primary: &Node,
+        env: &[(&str, &str)],
+        commands: &mut Commands,
+    ) -> Result<Node> {
+        let address = format!("127.0.0.1:{}", primary.port);
+        self.start_node(dir, env, Some(address), commands)
+    }
+
+    fn start_node(
+        &self,
+        dir: &Path,
+        env: &[(&str, &str)],
+        primary: Option<String>,
+        commands: &mut Commands,
+    ) -> Result<Node> {
         let env = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        self.spawn(dir, crate::free_port()?, env, commands)
+        let node = Stopped {
+            dir: dir.to_owned(),
+            port: crate::free_port()?,
+            env,
+            primary,
+        };
+        self.start_again(node, commands)
     }
 
-    fn spawn(
-        &self,
-        dir: &Path,
-        port: u16,
-        env: Vec<(String, String)>,
-        commands: &mut Commands,
-    ) -> Result<Node> {
+    /// Start a stopped node again on its data, port and settings; the new node's
+    /// `ready_after` is the restart time.
+    pub fn start_again(&self, node: Stopped, commands: &mut Commands) -> Result<Node> {
+        let Stopped {
+            dir,
+            port,
+            env,
+            primary,
+        } = node;
         let mut cmd = Cmd::new(&self.bin, "wasmkv");
-        cmd.env_as("WASMKV_DATA_DIR", dir, "$DIR")
+        cmd.env_as("WASMKV_DATA_DIR", &dir, "$DIR")
             .env_as("WASMKV_SERVER__PORT", port.to_string(), "$PORT")
             .env("WASMKV_LOG__LEVEL", "warn");
         for (key, value) in &env {
             cmd.env(key, value);
+        }
+        if let Some(address) = &primary {
+            cmd.env_as("WASMKV_PRIMARY__ADDRESS", address, "$PRIMARY");
         }
         cmd.args(["serve", "--config"])
             .arg_as(&self.config, "config/primary.yaml");
@@ -75,8 +120,9 @@ impl Wasmkv {
             process,
             addr: format!("http://127.0.0.1:{port}"),
             port,
-            dir: dir.to_owned(),
+            dir,
             env,
+            primary,
             ready_after: started.elapsed(),
         })
     }
@@ -84,9 +130,8 @@ impl Wasmkv {
     /// Stop cleanly (SIGTERM) and start again on the same data and settings; the new node's
     /// `ready_after` is the restart time.
     pub fn restart(&self, node: Node, commands: &mut Commands) -> Result<Node> {
-        let (dir, port, env) = (node.dir.clone(), node.port, node.env.clone());
-        node.stop()?;
-        self.spawn(&dir, port, env, commands)
+        let stopped = node.stop()?;
+        self.start_again(stopped, commands)
     }
 
     /// A client command against `node` (`status --json`, `snapshot`), returning stdout.
@@ -118,10 +163,16 @@ impl Node {
         self.process.rss_bytes()
     }
 
-    pub fn stop(mut self) -> Result<()> {
+    /// SIGTERM and wait; what it takes to start the node again.
+    pub fn stop(mut self) -> Result<Stopped> {
         let status = self.process.terminate()?;
         ensure!(status.success(), "wasmkv exited with {status} on SIGTERM");
-        Ok(())
+        Ok(Stopped {
+            dir: self.dir,
+            port: self.port,
+            env: self.env,
+            primary: self.primary,
+        })
     }
 }
 
@@ -144,6 +195,8 @@ pub struct Load {
     pub length: Length,
     pub warmup: Option<Duration>,
     pub preload: bool,
+    /// `--rate`: paced at this many requests per second (shown as `$RATE`).
+    pub rate: Option<u64>,
 }
 
 impl Load {
@@ -160,6 +213,7 @@ impl Load {
             length: Length::Duration(length),
             warmup: None,
             preload: false,
+            rate: None,
         }
     }
 
@@ -202,6 +256,9 @@ impl Load {
         }
         if self.preload {
             cmd.arg("--preload");
+        }
+        if let Some(rate) = self.rate {
+            cmd.arg("--rate").arg_as(rate.to_string(), "$RATE");
         }
         cmd.arg("--json");
     }

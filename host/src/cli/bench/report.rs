@@ -110,6 +110,8 @@ pub(super) struct Report {
     pub(super) connections: u32,
     pub(super) http2: bool,
     pub(super) batch: u32,
+    /// `--rate`: the paced rate asked for (null: closed loop).
+    pub(super) rate: Option<u64>,
     pub(super) requests: u64,
     pub(super) ops: u64,
     pub(super) errors: u64,
@@ -128,6 +130,7 @@ impl Report {
         connections: u32,
         http2: bool,
         batch: u32,
+        rate: Option<u64>,
         totals: &Totals,
     ) -> Report {
         let elapsed_s = totals.elapsed.as_secs_f64();
@@ -152,6 +155,7 @@ impl Report {
             connections,
             http2,
             batch,
+            rate,
             requests: totals.requests,
             ops,
             errors: totals.errors,
@@ -168,11 +172,14 @@ impl Report {
     /// The same figures for a person: one named line each.
     pub(super) fn table(&self) -> String {
         let protocol = if self.http2 { "HTTP/2" } else { "HTTP/1.1" };
+        let pacing = self.rate.map_or(String::new(), |rate| {
+            format!(", paced at {} requests/s", thousands(rate))
+        });
         let rows = [
             (
                 "workload",
                 format!(
-                    "{} ({protocol}, {} connections, batch {})",
+                    "{} ({protocol}, {} connections, batch {}{pacing})",
                     self.workload, self.connections, self.batch
                 ),
             ),
@@ -239,7 +246,7 @@ mod tests {
         let totals = Totals::merge(vec![a, b], start, start);
         assert_eq!(totals.requests, 1000);
         assert_eq!(totals.elapsed, Duration::from_secs(4));
-        let report = Report::new("get", 2, false, 1, &totals);
+        let report = Report::new("get", 2, false, 1, None, &totals);
         assert_eq!(report.p50_us, 500);
         assert_eq!(report.p99_us, 990);
         assert_eq!(report.p999_us, 999);
@@ -257,12 +264,12 @@ mod tests {
             start,
             start,
         );
-        let report = Report::new("multiget", 1, true, 16, &totals);
+        let report = Report::new("multiget", 1, true, 16, None, &totals);
         assert_eq!((report.requests, report.ops), (10, 160));
         assert_eq!((report.rps, report.ops_per_s), (20.0, 320.0));
         let json = serde_json::to_string(&report).unwrap();
         assert!(
-            json.starts_with(r#"{"workload":"multiget","connections":1,"http2":true,"batch":16,"requests":10,"ops":160,"errors":0,"elapsed_s":0.5,"rps":20.0,"ops_per_s":320.0,"p50_us":100,"#),
+            json.starts_with(r#"{"workload":"multiget","connections":1,"http2":true,"batch":16,"rate":null,"requests":10,"ops":160,"errors":0,"elapsed_s":0.5,"rps":20.0,"ops_per_s":320.0,"p50_us":100,"#),
             "{json}"
         );
         assert!(json.ends_with(r#""p999_us":100,"max_us":100}"#), "{json}");
@@ -274,7 +281,14 @@ mod tests {
         let mut r = Recorder::new();
         r.success(Duration::ZERO, start);
         r.success(Duration::from_secs(3600), start);
-        let report = Report::new("get", 1, false, 1, &Totals::merge(vec![r], start, start));
+        let report = Report::new(
+            "get",
+            1,
+            false,
+            1,
+            None,
+            &Totals::merge(vec![r], start, start),
+        );
         assert_eq!(report.p50_us, 1);
         // Within the histogram's 3 significant digits of its highest value.
         assert!(report.max_us >= HIGHEST_US && report.max_us < HIGHEST_US + HIGHEST_US / 1000);
@@ -301,7 +315,7 @@ mod tests {
         assert_eq!((totals.requests, totals.errors), (99, 3));
         assert_eq!(totals.first_error.as_ref().unwrap().message, "earlier");
         assert!(totals.too_many_errors());
-        assert_eq!(Report::new("set", 2, false, 1, &totals).errors, 3);
+        assert_eq!(Report::new("set", 2, false, 1, None, &totals).errors, 3);
     }
 
     #[test]
@@ -324,7 +338,7 @@ mod tests {
     fn an_empty_run_reports_zeros() {
         let start = Instant::now();
         let totals = Totals::merge(vec![Recorder::new()], start, start);
-        let report = Report::new("get", 1, false, 1, &totals);
+        let report = Report::new("get", 1, false, 1, None, &totals);
         assert_eq!(
             (report.requests, report.rps, report.p50_us, report.max_us),
             (0, 0.0, 0, 0)
@@ -347,9 +361,9 @@ mod tests {
             start,
             start,
         );
-        let table = Report::new("rest-get", 50, false, 1, &totals).table();
+        let table = Report::new("rest-get", 50, false, 1, None, &totals).table();
         for needle in [
-            "rest-get (HTTP/1.1, 50 connections, batch 1)",
+            "rest-get (HTTP/1.1, 50 connections, batch 1)\n",
             "requests     4\n",
             "requests/s   4\n",
             "p50 1,500 µs",
@@ -357,5 +371,16 @@ mod tests {
         ] {
             assert!(table.contains(needle), "{needle:?} in\n{table}");
         }
+        let paced = Report::new("set", 50, false, 1, Some(20_000), &totals);
+        assert!(
+            paced
+                .table()
+                .contains("set (HTTP/1.1, 50 connections, batch 1, paced at 20,000 requests/s)\n")
+        );
+        assert!(
+            serde_json::to_string(&paced)
+                .unwrap()
+                .contains(r#""batch":1,"rate":20000,"requests":4,"#)
+        );
     }
 }
