@@ -1,7 +1,10 @@
 //! Helpers shared by the workspace-level tests: child processes that are always cleaned up,
 //! waiting for conditions with a deadline instead of sleeping, and a fault-injecting TCP
-//! proxy ([`proxy::FaultProxy`]) for links that are slow, stalled, cut or refused.
+//! proxy ([`proxy::FaultProxy`]) for links that are slow, stalled, cut or refused, and
+//! clusters of real `wasmkv` processes with continuous writers and readers
+//! ([`cluster`]).
 
+pub mod cluster;
 pub mod proxy;
 
 use std::process::Child;
