@@ -768,3 +768,72 @@ async fn chains_are_replaced_at_run_time_and_a_bad_reload_changes_nothing() {
         .expect("no validator any more");
     node.shutdown().await.expect("clean shutdown");
 }
+
+/// prefix-filter on a primary: a replica labelled `region=us` never receives `eu:` keys, in
+/// the copy of a full resync or in the log after it, yet holds every other key and the same
+/// LSN as its primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_replica_never_receives_filtered_keys_and_converges_on_the_rest() {
+    let plugins = plugin_dir(&["prefix-filter"]);
+    let yaml = plugins_yaml(
+        plugins.path(),
+        "{deadline: 1s}",
+        "  replicate:\n    - plugin: prefix-filter\n      config: {rules: [{labels: {region: us}, \
+         deny_prefixes: [\"eu:\"]}]}\n      replicas: {labels: {region: us}}\n",
+    );
+    let (primary, base, _data) = common::start(&yaml).await;
+    let writer = client(&base);
+    let keys = |round: u32| -> Vec<String> {
+        (0..20)
+            .flat_map(|i| [format!("eu:{round}:{i}"), format!("us:{round}:{i}")])
+            .collect()
+    };
+    // Round 0 reaches the replica in its full resync, round 1 through the log.
+    for key in keys(0) {
+        writer
+            .set(key, "v", SetOptions::default())
+            .await
+            .expect("set");
+    }
+    let addr = base.trim_start_matches("http://");
+    let (replica, replica_base, _replica_data) = common::start(&format!(
+        "primary: {{address: \"{addr}\", sync_interval: 50ms}}\nreplication: {{labels: \"region=us\"}}\n"
+    ))
+    .await;
+    for key in keys(1) {
+        writer
+            .set(key, "v", SetOptions::default())
+            .await
+            .expect("set");
+    }
+    writer
+        .delete("us:0:0")
+        .await
+        .expect("a delete of a kept key reaches the replica too");
+    let reader = client(&replica_base);
+    let lsn = writer.status().await.expect("status").lsn;
+    common::wait_for(
+        "the replica to reach the primary's LSN",
+        Duration::from_secs(20),
+        || async { (reader.status().await.ok()?.lsn >= lsn).then_some(()) },
+    )
+    .await;
+    for round in [0, 1] {
+        for key in keys(round) {
+            let expected = key.starts_with("us:") && key != "us:0:0";
+            assert_eq!(
+                value(&reader, &key).await.is_some(),
+                expected,
+                "{key} on the replica"
+            );
+            assert_eq!(
+                value(&writer, &key).await.is_some(),
+                key != "us:0:0",
+                "{key} on the primary"
+            );
+        }
+    }
+    assert!(plugin(&writer, "prefix-filter").await.calls > 0);
+    replica.shutdown().await.expect("clean shutdown");
+    primary.shutdown().await.expect("clean shutdown");
+}

@@ -17,7 +17,7 @@ use wasmkv::config::{
     EvictStep, FilterOnError, PluginLimits, PluginsConfig, ReplicateStep, ValidateOnError,
     ValidateStep,
 };
-use wasmkv::plugins::{Plugins, Runtime};
+use wasmkv::plugins::{Plugins, Runtime, checked_victims, filter_entries};
 use wasmkv_guest::abi;
 
 use super::remote::Target;
@@ -262,24 +262,18 @@ pub fn check(
             .collect(),
     };
     let plugins = Plugins::load(&plugins_config, None)?;
-    let loaded = plugins.list().iter().any(|p| p.name == name);
-    if !loaded {
-        passed(format!(
-            "nothing more to load: this host loads plugins into validate and evict chains \
-             only, so wasmkv_init with the config {config} was not tried"
-        ))?;
-    } else if hooks.init {
+    if hooks.init {
         passed(format!(
             "loaded in a sandbox of {} memory and {:?} per call; wasmkv_init \
              accepted the config {config}",
-            bytesize_text(limits.memory),
+            bytesize::ByteSize(limits.memory),
             limits.deadline
         ))?;
     } else {
         passed(format!(
             "loaded in a sandbox of {} memory and {:?} per call; it has no \
              wasmkv_init, so it takes no config{}",
-            bytesize_text(limits.memory),
+            bytesize::ByteSize(limits.memory),
             limits.deadline,
             if config == serde_json::json!({}) {
                 ""
@@ -367,45 +361,36 @@ pub fn check(
         ))?;
         calls += 1;
     }
-    if wanted.contains(&Hook::Filter) {
-        passed(
-            "filter: exported, but not called: the host has no public API to call a filter \
-             hook yet"
-                .into(),
-        )?;
+    if let Some(filter) = plugins.replicate.first() {
+        let replica = abi::ReplicaInfo {
+            id: "127.0.0.1:8081".into(),
+            labels: [("region".to_owned(), "us".to_owned())].into(),
+        };
+        let entry = |op, key: &str, value_len| abi::FilterEntry {
+            op,
+            key: key.as_bytes().to_vec(),
+            value_len,
+            ttl_ms: 0,
+        };
+        let entries = vec![
+            entry(abi::Op::Set, "eu:1", 5),
+            entry(abi::Op::Set, "us:1", 5),
+            entry(abi::Op::Delete, "us:2", 0),
+        ];
+        let started = Instant::now();
+        let keep =
+            filter_entries(std::slice::from_ref(filter), &replica, entries).map_err(|e| {
+                anyhow::anyhow!("plugin {name}: the sample wasmkv_filter call failed: {e}")
+            })?;
+        passed(format!(
+            "filter: replica region=us, entries set eu:1, set us:1, delete us:2 -> keep {keep:?} \
+             ({})",
+            nanos(started.elapsed().as_nanos() as u64)
+        ))?;
+        calls += 1;
     }
     print(format!("plugin {name} passed ({calls} sample call(s))\n").as_bytes())?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The victims' indices if they follow ABI v1: distinct, each below `candidates`, at most
-/// `need` of them.
-fn checked_victims(victims: &[u32], candidates: usize, need: usize) -> Result<Vec<usize>, String> {
-    if victims.len() > need {
-        return Err(format!("{} victims for {need} wanted", victims.len()));
-    }
-    let mut out: Vec<usize> = Vec::with_capacity(victims.len());
-    for &v in victims {
-        let i = v as usize;
-        if i >= candidates {
-            return Err(format!("index {i} is out of {candidates} candidates"));
-        }
-        if out.contains(&i) {
-            return Err(format!("index {i} is repeated"));
-        }
-        out.push(i);
-    }
-    Ok(out)
-}
-
-fn bytesize_text(bytes: u64) -> String {
-    if bytes.is_multiple_of(1 << 20) {
-        format!("{} MiB", bytes >> 20)
-    } else if bytes.is_multiple_of(1 << 10) {
-        format!("{} KiB", bytes >> 10)
-    } else {
-        format!("{bytes} bytes")
-    }
 }
 
 #[cfg(test)]
@@ -482,25 +467,5 @@ mod tests {
             serde_json::json!({"half_life_ms": 1000})
         );
         assert!(read_config(Some("{unclosed: [")).is_err());
-    }
-
-    #[test]
-    fn victims_are_checked_like_the_node_does() {
-        assert_eq!(checked_victims(&[2, 0], 3, 2), Ok(vec![2, 0]));
-        assert!(
-            checked_victims(&[3], 3, 2)
-                .unwrap_err()
-                .contains("out of 3")
-        );
-        assert!(
-            checked_victims(&[1, 1], 3, 2)
-                .unwrap_err()
-                .contains("repeated")
-        );
-        assert!(
-            checked_victims(&[0, 1, 2], 3, 2)
-                .unwrap_err()
-                .contains("3 victims")
-        );
     }
 }

@@ -117,7 +117,11 @@ impl EvictionPolicy for WasmEviction {
 }
 
 /// The plugin's victims if they follow the ABI's rules.
-fn checked_victims(victims: &[u32], candidates: usize, want: usize) -> Result<Vec<usize>, String> {
+pub fn checked_victims(
+    victims: &[u32],
+    candidates: usize,
+    want: usize,
+) -> Result<Vec<usize>, String> {
     if victims.len() > want {
         return Err(format!("{} victims for {want} wanted", victims.len()));
     }

@@ -24,7 +24,9 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-pub use chains::{FilterStep, ValidateChain, WasmEviction, WriteCheck, filter_entries};
+pub use chains::{
+    FilterStep, ValidateChain, WasmEviction, WriteCheck, checked_victims, filter_entries,
+};
 pub use error::{CallError, LoadError};
 pub use runtime::{Hooks, Runtime};
 
