@@ -957,6 +957,6 @@ fn primary_yaml_documents_the_plugins_section() {
     let [replicate] = &plugins.replicate[..] else {
         panic!("{:?}", plugins.replicate)
     };
-    assert_eq!(replicate.labels, labels(&[("region", "eu")]));
+    assert_eq!(replicate.labels, labels(&[("region", "us")]));
     assert_eq!(replicate.on_error, FilterOnError::Hold);
 }

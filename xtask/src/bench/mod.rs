@@ -9,6 +9,7 @@
 //! tables printed and nothing written.
 
 mod cmd;
+mod plugins;
 mod redis;
 mod replication;
 mod report;
@@ -160,9 +161,30 @@ pub fn bench(quick: bool) -> Result<()> {
     }
     run("storage and WAL benchmarks", storage)?;
 
+    let plugin_dir = crate::plugins::default_out_dir();
+    crate::plugins::build(&plugin_dir)?;
+    let mut plugin_bench = cargo();
+    plugin_bench.args([
+        "bench",
+        "-p",
+        "wasmkv",
+        "--bench",
+        "plugins",
+        "--",
+        "--plugins",
+    ]);
+    plugin_bench.arg(&plugin_dir);
+    if quick {
+        plugin_bench.arg("--quick");
+    } else {
+        plugin_bench.arg("--write").arg(&benchmarks);
+    }
+    run("plugin benchmarks", plugin_bench)?;
+
     let plan = Plan::new(quick, started)?;
     let tables = scenarios::run_all(&plan, &wasmkv)?;
     let replication = replication::run_all(&plan, &wasmkv)?;
+    let plugin_table = plugins::throughput(&plan, &wasmkv, &plugin_dir)?;
     let render = |tables: &[report::Table]| -> String {
         tables
             .iter()
@@ -171,10 +193,11 @@ pub fn bench(quick: bool) -> Result<()> {
             .join("\n")
     };
     let rendered = format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\n{}",
         render(&tables),
         replication::intro(plan.rounds),
-        render(&replication)
+        render(&replication),
+        render(std::slice::from_ref(&plugin_table))
     );
     let elapsed = started.elapsed();
     let (met, set) = report::target_count(&tables);

@@ -11,6 +11,9 @@ use super::Commands;
 
 pub const STORAGE_BEGIN: &str = "<!-- storage-bench:begin -->";
 pub const STORAGE_END: &str = "<!-- storage-bench:end -->";
+/// The plugin bench (`host/benches/plugins.rs`) owns the section between these.
+pub const PLUGIN_BEGIN: &str = "<!-- plugin-bench:begin -->";
+pub const PLUGIN_END: &str = "<!-- plugin-bench:end -->";
 /// Hand-written analysis (where the time goes, profiles) survives a rewrite between these.
 pub const ANALYSIS_BEGIN: &str = "<!-- analysis:begin -->";
 pub const ANALYSIS_END: &str = "<!-- analysis:end -->";
@@ -272,9 +275,9 @@ pub fn target_count(tables: &[Table]) -> (usize, usize) {
     (marks.iter().filter(|m| **m).count(), marks.len())
 }
 
-/// The new BENCHMARKS.md: `head` and the tables, then the hand-written analysis and the
-/// storage section carried over from `existing` (the storage bench has just rewritten its
-/// section in it).
+/// The new BENCHMARKS.md: `head` and the tables, then the hand-written analysis, the storage
+/// section and the plugin section carried over from `existing` (the storage and plugin benches
+/// have just rewritten theirs in it).
 pub fn compose(existing: &str, head: &str, tables: &str) -> Result<String> {
     let storage = section(existing, STORAGE_BEGIN, STORAGE_END)
         .context("BENCHMARKS.md has no storage section (the storage bench writes it)")?;
@@ -283,7 +286,12 @@ pub fn compose(existing: &str, head: &str, tables: &str) -> Result<String> {
          of missed targets here; `cargo xtask bench` keeps this section as it is.\n\
          <!-- analysis:end -->",
     );
-    Ok(format!("{head}\n{tables}\n{analysis}\n\n{storage}\n"))
+    let plugins = section(existing, PLUGIN_BEGIN, PLUGIN_END)
+        .map(|s| format!("\n{s}\n"))
+        .unwrap_or_default();
+    Ok(format!(
+        "{head}\n{tables}\n{analysis}\n\n{storage}\n{plugins}"
+    ))
 }
 
 /// The text from `begin` to `end`, markers included.
