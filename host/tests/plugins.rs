@@ -198,6 +198,20 @@ async fn key_policy_vetoes_writes_with_its_reason_and_batches_whole() {
     );
     assert_eq!(info.state, "loaded");
 
+    // /metrics has the same figures.
+    let metrics = common::request(Method::GET, &format!("{base}/metrics"), "")
+        .await
+        .text();
+    let calls = format!(
+        "wasmkv_plugin_calls_total{{plugin=\"key-policy\"}} {}",
+        info.calls
+    );
+    assert!(metrics.contains(&calls), "{calls} in {metrics}");
+    assert!(
+        metrics.contains("wasmkv_plugin_healthy{plugin=\"key-policy\",state=\"loaded\"} 1"),
+        "{metrics}"
+    );
+
     // The CLI shows the same.
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_wasmkv"))

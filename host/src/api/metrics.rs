@@ -13,7 +13,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::error::Code;
+use crate::plugins::Plugins;
 use crate::replication::{Replication, StoreSlot};
+use arc_swap::ArcSwapOption;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
@@ -34,7 +36,11 @@ pub struct Metrics {
 
 impl Metrics {
     /// `store` is filled in once recovery finishes; until then only request metrics show.
-    pub fn new(store: Arc<StoreSlot>, replication: Arc<OnceLock<Arc<Replication>>>) -> Self {
+    pub fn new(
+        store: Arc<StoreSlot>,
+        replication: Arc<OnceLock<Arc<Replication>>>,
+        plugins: Arc<ArcSwapOption<Plugins>>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("wasmkv");
         let latency = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
             // 25 µs … ~0.8 s.
@@ -56,6 +62,7 @@ impl Metrics {
             replication,
         }));
         registry.register_collector(Box::new(StoreCollector { store }));
+        registry.register_collector(Box::new(PluginCollector { plugins }));
         Metrics {
             registry,
             latency,
@@ -155,15 +162,7 @@ impl Collector for StoreCollector {
                 s.wal.fsyncs,
             ),
         ];
-        for (name, help, value) in counters {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
+        encode_counters(&mut encoder, &counters)?;
         let fsync_seconds = ConstCounter::new(s.wal.fsync_nanos as f64 / 1e9);
         fsync_seconds.encode(encoder.encode_descriptor(
             "wal_fsync_seconds",
@@ -237,15 +236,7 @@ impl Collector for ReplicationCollector {
                     link.partial_syncs,
                 ),
             ];
-            for (name, help, value) in counters {
-                let counter = ConstCounter::new(value);
-                counter.encode(encoder.encode_descriptor(
-                    name,
-                    help,
-                    None,
-                    counter.metric_type(),
-                )?)?;
-            }
+            encode_counters(&mut encoder, &counters)?;
             return Ok(());
         }
         let replicas = replication.replicas(db.applied_lsn());
@@ -300,4 +291,98 @@ impl Collector for ReplicationCollector {
         }
         Ok(())
     }
+}
+
+/// Plugin figures read at scrape time, one series per plugin.
+struct PluginCollector {
+    plugins: Arc<ArcSwapOption<Plugins>>,
+}
+
+impl std::fmt::Debug for PluginCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for PluginCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(plugins) = self.plugins.load_full() else {
+            return Ok(());
+        };
+        let list = plugins.list();
+        type Figure = fn(&crate::api::proto::PluginInfo) -> u64;
+        let counters: [(&str, &str, Figure); 4] = [
+            ("plugin_calls", "Calls into the plugin", |p| p.calls),
+            (
+                "plugin_errors",
+                "Calls that answered an error or garbage (or were skipped while backed off)",
+                |p| p.errors,
+            ),
+            ("plugin_traps", "Calls that trapped", |p| p.traps),
+            ("plugin_timeouts", "Calls that overran the deadline", |p| {
+                p.timeouts
+            }),
+        ];
+        for (name, help, figure) in counters {
+            let probe = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
+            for plugin in &list {
+                let labels = [("plugin", plugin.name.as_str())];
+                ConstCounter::new(figure(plugin)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let gauges: [(&str, &str, Figure); 3] = [
+            ("plugin_call_p50_seconds", "Median call time", |p| p.p50_ns),
+            (
+                "plugin_call_p99_seconds",
+                "99th percentile call time",
+                |p| p.p99_ns,
+            ),
+            (
+                "plugin_loaded_at_seconds",
+                "When the running version was loaded (Unix time)",
+                |p| p.loaded_at_ms * 1_000_000,
+            ),
+        ];
+        for (name, help, figure) in gauges {
+            let probe = ConstGauge::new(0.0);
+            let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
+            for plugin in &list {
+                let labels = [
+                    ("plugin", plugin.name.as_str()),
+                    ("sha256", plugin.sha256.as_str()),
+                ];
+                ConstGauge::new(figure(plugin) as f64 / 1e9)
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let probe = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "plugin_healthy",
+            "1 while the plugin runs the version of its file without failing",
+            None,
+            probe.metric_type(),
+        )?;
+        for plugin in &list {
+            let labels = [
+                ("plugin", plugin.name.as_str()),
+                ("state", plugin.state.as_str()),
+            ];
+            ConstGauge::new(i64::from(plugin.state == "loaded"))
+                .encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Unlabelled counters, one series each.
+fn encode_counters(
+    encoder: &mut DescriptorEncoder,
+    counters: &[(&str, &str, u64)],
+) -> Result<(), std::fmt::Error> {
+    for &(name, help, value) in counters {
+        let counter = ConstCounter::new(value);
+        counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+    }
+    Ok(())
 }

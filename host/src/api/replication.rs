@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use http::{Response, StatusCode};
-use http_body_util::BodyExt;
+use http::Response;
 use tokio::sync::mpsc;
 
 use super::codec::Codec;
@@ -15,7 +14,7 @@ use super::proto::{
     PromoteRequest, PromoteResponse, RemoveReplicaRequest, RemoveReplicaResponse, SubscribeRequest,
 };
 use super::state::ApiState;
-use super::watch::ChannelBody;
+use super::watch::stream_response;
 use crate::client::Client;
 use crate::replication::{Outbox, ReplicationError, serve_subscription};
 
@@ -52,13 +51,7 @@ pub async fn subscribe(
             serve_subscription(db, registry, history, plugins, request, out, shutdown).await;
         let _ = tx.send(connect::end_stream(outcome.err().as_ref())).await;
     });
-    let mut response = Response::builder().status(StatusCode::OK);
-    for (name, value) in connect::stream_response_headers(codec) {
-        response = response.header(name, value);
-    }
-    Ok(response
-        .body(ChannelBody(rx).boxed())
-        .expect("valid headers"))
+    Ok(stream_response(codec, rx))
 }
 
 /// `Replication/Ack`: a replica applied everything through `applied_lsn`.

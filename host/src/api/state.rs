@@ -66,7 +66,7 @@ pub struct ApiState {
     /// Set with the store: the node's replication role.
     pub replication: Arc<OnceLock<Arc<Replication>>>,
     /// The node's plugins, when its config names any; replaced whole by a reload (SIGHUP).
-    pub plugins: ArcSwapOption<Plugins>,
+    pub plugins: Arc<ArcSwapOption<Plugins>>,
     pub limits: Limits,
     pub metrics: Metrics,
     pub started: Instant,
@@ -78,11 +78,16 @@ impl ApiState {
     pub fn new(limits: Limits) -> Self {
         let store = Arc::new(StoreSlot::empty());
         let replication = Arc::new(OnceLock::new());
+        let plugins = Arc::new(ArcSwapOption::empty());
         ApiState {
-            metrics: Metrics::new(Arc::clone(&store), Arc::clone(&replication)),
+            metrics: Metrics::new(
+                Arc::clone(&store),
+                Arc::clone(&replication),
+                Arc::clone(&plugins),
+            ),
             store,
             replication,
-            plugins: ArcSwapOption::empty(),
+            plugins,
             limits,
             started: Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),

@@ -57,13 +57,18 @@ pub async fn watch(
         applied,
         shutdown,
     ));
+    Ok(stream_response(codec, rx))
+}
+
+/// The response of a server stream whose envelopes arrive on `rx`.
+pub(super) fn stream_response(codec: Codec, rx: mpsc::Receiver<Bytes>) -> Response<ResponseBody> {
     let mut response = Response::builder().status(StatusCode::OK);
     for (name, value) in connect::stream_response_headers(codec) {
         response = response.header(name, value);
     }
-    Ok(response
+    response
         .body(ChannelBody(rx).boxed())
-        .expect("valid headers"))
+        .expect("valid headers")
 }
 
 async fn pump(
@@ -147,7 +152,7 @@ fn read_step(
 }
 
 /// A response body fed by a channel: each item is one envelope.
-pub(super) struct ChannelBody(pub(super) mpsc::Receiver<Bytes>);
+struct ChannelBody(mpsc::Receiver<Bytes>);
 
 impl Body for ChannelBody {
     type Data = Bytes;

@@ -2,8 +2,6 @@
 //! `wasmkv plugin check` tries a plugin file offline, the way a node would load it, and makes
 //! one sample call per hook, so a plugin can be tested before it is installed.
 
-use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -12,7 +10,6 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use prost_reflect::{ReflectMessage, SerializeOptions};
 use wasmkv::api::proto::{ListPluginsResponse, PluginInfo};
-use wasmkv::client::Client;
 use wasmkv::config::{
     EvictStep, FilterOnError, PluginLimits, PluginsConfig, ReplicateStep, ValidateOnError,
     ValidateStep,
@@ -20,27 +17,7 @@ use wasmkv::config::{
 use wasmkv::plugins::{Plugins, Runtime, checked_victims, filter_entries};
 use wasmkv_guest::abi;
 
-use super::remote::Target;
-
-fn client(target: &Target) -> Result<Client> {
-    Ok(Client::new(&target.addr)?.with_timeout(target.timeout))
-}
-
-/// Run one call to completion on a single-threaded runtime.
-fn block_on<T>(call: impl Future<Output = Result<T>>) -> Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(call)
-}
-
-fn print(text: &[u8]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text)
-        .and_then(|()| out.flush())
-        .context("writing to stdout")
-}
+use super::remote::{Target, block_on, print};
 
 /// A hook `plugin check` can exercise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,7 +41,7 @@ impl Hook {
 }
 
 pub fn list(target: &Target, json: bool) -> Result<ExitCode> {
-    let client = client(target)?;
+    let client = target.client()?;
     let plugins = block_on(async { client.list_plugins().await.context("plugin list") })?;
     if json {
         print(&list_json(plugins)?)?;

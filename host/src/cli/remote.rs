@@ -21,14 +21,14 @@ pub struct Target {
 }
 
 impl Target {
-    fn client(&self) -> Result<Client> {
+    pub(super) fn client(&self) -> Result<Client> {
         Ok(Client::new(&self.addr)?.with_timeout(self.timeout))
     }
 }
 
 /// Run one call to completion. A command makes a single call, so a single-threaded runtime
 /// is all it needs.
-fn block_on<T>(call: impl Future<Output = Result<T>>) -> Result<T> {
+pub(super) fn block_on<T>(call: impl Future<Output = Result<T>>) -> Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -36,7 +36,7 @@ fn block_on<T>(call: impl Future<Output = Result<T>>) -> Result<T> {
         .block_on(call)
 }
 
-fn print(text: &[u8]) -> Result<()> {
+pub(super) fn print(text: &[u8]) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text)
         .and_then(|()| out.flush())
