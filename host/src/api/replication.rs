@@ -36,7 +36,7 @@ pub async fn subscribe(
             "replica_id is required: a replica names itself so that it can resume",
         ));
     }
-    let db = state.db()?;
+    let db = state.db()?.to_arc();
     let (tx, rx) = mpsc::channel(8);
     let out = Outbox {
         tx: tx.clone(),

@@ -103,8 +103,14 @@ impl ApiState {
         self.shutdown.subscribe()
     }
 
-    pub fn db(&self) -> Result<Arc<Db>, ConnectError> {
-        self.store.load_full().ok_or_else(recovering)
+    /// The store, for the duration of one request. A guard rather than an `Arc` clone: the
+    /// clone's reference count is one cache line every request on every core would write.
+    pub fn db(&self) -> Result<DbRef, ConnectError> {
+        let guard = self.store.load();
+        if guard.is_none() {
+            return Err(recovering());
+        }
+        Ok(DbRef(guard))
     }
 
     pub fn replication(&self) -> Result<&Arc<Replication>, ConnectError> {
@@ -147,4 +153,22 @@ impl ApiState {
 
 fn recovering() -> ConnectError {
     ConnectError::unavailable("the node is recovering its data; retry shortly")
+}
+
+/// The node's store as one request sees it (see [`ApiState::db`]).
+pub struct DbRef(arc_swap::Guard<Option<Arc<Db>>>);
+
+impl DbRef {
+    /// A reference that outlives the request (a stream's).
+    pub fn to_arc(&self) -> Arc<Db> {
+        Arc::clone(self.0.as_ref().expect("checked when made"))
+    }
+}
+
+impl std::ops::Deref for DbRef {
+    type Target = Db;
+
+    fn deref(&self) -> &Db {
+        self.0.as_ref().expect("checked when made")
+    }
 }
