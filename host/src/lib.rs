@@ -1,8 +1,10 @@
 //! wasmkv: a replicated key-value store node whose policies are sandboxed WebAssembly plugins.
 //!
-//! The data of one request flows one way: `db` commits it through the `wal` and then applies
-//! it to the `storage` engine. `storage` knows nothing about the WAL and the WAL knows nothing
-//! about the in-memory map; `db` is the only place where the two meet.
+//! The data of one request flows one way: `api` decodes it, `plugins` validate it, `db`
+//! commits it through the `wal` and then applies it to the `storage` engine, and
+//! `replication` streams the log to replicas. `storage` knows nothing about the WAL and the
+//! WAL knows nothing about the in-memory map; `db` is the only place where the two meet.
+//! `plugins` takes and returns ABI types only; `node` wires one node together.
 
 pub mod api;
 pub mod client;
