@@ -423,6 +423,11 @@ impl Db {
         Ok(self.inner.wal.read_from(after_lsn)?)
     }
 
+    /// Let `reader` (from [`Db::read_log`]) go on to what was committed since.
+    pub fn read_log_on(&self, reader: &mut wal::LogReader) {
+        self.inner.wal.read_on(reader);
+    }
+
     /// Keep WAL segments from `lsn` on even when a snapshot covers them (replication uses it).
     pub fn set_retention_floor(&self, lsn: u64) {
         self.inner.wal.set_retention_floor(lsn);

@@ -24,7 +24,7 @@ use crate::api::proto::{SnapshotItem, StreamEvent, SubscribeRequest, SubscribeRe
 use crate::clock::now_ms;
 use crate::db::{Db, DbError};
 use crate::plugins::{FilterStep, Plugins, filter_entries};
-use crate::wal::{self, MutationRef, WalError};
+use crate::wal::{self, LogReader, MutationRef, WalError};
 use wasmkv_guest::abi;
 
 /// How often an idle stream tells the replica the primary's LSN and clock.
@@ -122,6 +122,8 @@ pub async fn serve(
         guard.streaming();
     }
     let mut cursor = start;
+    // One reader for the whole stream, so each record is read from disk once.
+    let mut reader = None;
     loop {
         // On shutdown, first send what is committed: a replica that stays up then holds every
         // write this primary acknowledged before it stopped.
@@ -129,9 +131,15 @@ pub async fn serve(
         let step = {
             let db = Arc::clone(&db);
             let filter = Arc::clone(&filter);
-            tokio::task::spawn_blocking(move || read_records(&db, &filter, cursor))
-                .await
-                .map_err(|e| ConnectError::internal(format!("log reader failed: {e}")))??
+            let mut kept = reader.take();
+            let (step, kept) = tokio::task::spawn_blocking(move || {
+                let step = read_records(&db, &filter, &mut kept, cursor);
+                (step, kept)
+            })
+            .await
+            .map_err(|e| ConnectError::internal(format!("log reader failed: {e}")))?;
+            reader = kept;
+            step?
         };
         let step = match step {
             Step::Held(reason) => {
@@ -288,21 +296,23 @@ enum Step {
 /// The next committed records after `cursor` as WAL frames, filtered for the replica: a
 /// mutation a filter drops leaves its record's LSN in place (an empty batch if nothing of it
 /// is left), so the replica's log stays dense and in step with the primary's.
-fn read_records(db: &Db, filter: &Filter, cursor: u64) -> Result<Step, ConnectError> {
-    let reader = db.read_log(cursor).map_err(|e| match e {
-        DbError::Wal(WalError::Trimmed { requested, oldest }) => ConnectError::new(
-            Code::OutOfRange,
-            format!(
-                "the primary's log no longer holds LSN {requested} (the oldest kept is \
-                 {oldest}); reconnect for a full resync"
-            ),
-        ),
-        other => other.into(),
-    })?;
+fn read_records(
+    db: &Db,
+    filter: &Filter,
+    kept: &mut Option<LogReader>,
+    cursor: u64,
+) -> Result<Step, ConnectError> {
+    let reader = match kept {
+        Some(reader) => {
+            db.read_log_on(reader);
+            reader
+        }
+        None => kept.insert(db.read_log(cursor).map_err(log_error)?),
+    };
     let mut records = Vec::new();
     let mut bytes = 0usize;
-    for record in reader.take(RECORDS_PER_MESSAGE) {
-        let record = record.map_err(DbError::from)?;
+    for record in reader.by_ref().take(RECORDS_PER_MESSAGE) {
+        let record = record.map_err(|e| log_error(DbError::from(e)))?;
         bytes += record.command.approximate_size();
         records.push(record);
         if bytes >= BYTES_PER_MESSAGE {
@@ -339,7 +349,11 @@ fn read_records(db: &Db, filter: &Filter, cursor: u64) -> Result<Step, ConnectEr
         }
         let keep = match filter.keep(entries.into_iter()) {
             Ok(keep) => keep,
-            Err(reason) => return Ok(Step::Held(reason)),
+            Err(reason) => {
+                // These records are asked about again: read them again next time.
+                *kept = None;
+                return Ok(Step::Held(reason));
+            }
         };
         let mut decisions = keep.into_iter();
         for record in &mut records {
@@ -367,4 +381,18 @@ fn read_records(db: &Db, filter: &Filter, cursor: u64) -> Result<Step, ConnectEr
         );
     }
     Ok(Step::Records(Some((Bytes::from(frames), last))))
+}
+
+/// A failure to read the log, as the stream's end-of-stream error.
+fn log_error(error: DbError) -> ConnectError {
+    match error {
+        DbError::Wal(WalError::Trimmed { requested, oldest }) => ConnectError::new(
+            Code::OutOfRange,
+            format!(
+                "the primary's log no longer holds LSN {requested} (the oldest kept is \
+                 {oldest}); reconnect for a full resync"
+            ),
+        ),
+        other => other.into(),
+    }
 }

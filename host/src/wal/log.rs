@@ -369,6 +369,12 @@ impl Wal {
         LogReader::new(segments, after_lsn, self.committed_lsn())
     }
 
+    /// Let `reader` go on to what was committed since it was made (see `LogReader::extend`).
+    pub fn read_on(&self, reader: &mut LogReader) {
+        let segments = self.shared.segments.lock().clone();
+        reader.extend(segments, self.committed_lsn());
+    }
+
     /// Replication sets this to the lowest LSN a connected replica still needs; the segments
     /// holding it and everything after are kept even when a snapshot covers them.
     pub fn set_retention_floor(&self, lsn: u64) {

@@ -16,6 +16,10 @@ pub struct LogReader {
     skip_through: u64,
     up_to: u64,
     done: bool,
+    /// Ended on an error (as opposed to reaching `up_to`).
+    failed: bool,
+    /// The segment being read was removed by retention before `extend`.
+    removed: bool,
 }
 
 impl LogReader {
@@ -42,6 +46,8 @@ impl LogReader {
             skip_through: after_lsn,
             up_to,
             done: false,
+            failed: false,
+            removed: false,
         })
     }
 
@@ -50,7 +56,35 @@ impl LogReader {
         self.up_to
     }
 
+    /// Go on to `up_to` (what was committed since), over the segments as they are now, from
+    /// where this reader stopped: a follower of the log (replication) reads each record once
+    /// instead of re-reading its segment from the start at every step. A reader that ended on
+    /// an error stays ended; one whose segment was removed meanwhile ends with `Trimmed`.
+    pub(crate) fn extend(&mut self, segments: Vec<SegmentMeta>, up_to: u64) {
+        if self.failed {
+            return;
+        }
+        let reading = self.segments.get(self.index).map(|s| s.first_lsn);
+        self.segments = segments;
+        match reading.and_then(|first| self.segments.iter().position(|s| s.first_lsn == first)) {
+            Some(index) => self.index = index,
+            None if reading.is_some() => self.removed = true,
+            None => {}
+        }
+        self.up_to = self.up_to.max(up_to);
+        self.done = false;
+    }
+
     fn next_record(&mut self) -> Result<Option<Record>> {
+        if self.removed {
+            return Err(WalError::Trimmed {
+                requested: self.next_lsn,
+                oldest: self
+                    .segments
+                    .first()
+                    .map_or(self.up_to + 1, |s| s.first_lsn),
+            });
+        }
         loop {
             if self.next_lsn > self.up_to {
                 return Ok(None);
@@ -120,6 +154,7 @@ impl Iterator for LogReader {
         let item = self.next_record().transpose();
         if !matches!(item, Some(Ok(_))) {
             self.done = true;
+            self.failed = matches!(item, Some(Err(_)));
         }
         item
     }

@@ -97,6 +97,40 @@ fn rotates_segments_and_reads_across_them() {
 }
 
 #[test]
+fn a_reader_goes_on_across_new_records_and_segments_and_reports_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 512), 0, |_| {}).unwrap();
+    let append = |from: u64, to: u64| {
+        for i in from..=to {
+            let lsn = wal.append(i, &set(i)).unwrap();
+            wal.commit(lsn).unwrap();
+        }
+    };
+    append(1, 10);
+    let mut reader = wal.read_from(0).unwrap();
+    let read =
+        |reader: &mut LogReader| -> Vec<u64> { reader.by_ref().map(|r| r.unwrap().lsn).collect() };
+    assert_eq!(read(&mut reader), (1..=10).collect::<Vec<_>>());
+    assert_eq!(read(&mut reader), Vec::<u64>::new(), "nothing new yet");
+    // Enough to rotate through several 512-byte segments.
+    append(11, 100);
+    wal.read_on(&mut reader);
+    assert_eq!(read(&mut reader), (11..=100).collect::<Vec<_>>());
+    assert!(segments(dir.path()).len() > 3);
+    // Retention removes the segment the reader is in: it ends with Trimmed, not garbage.
+    append(101, 200);
+    wal.remove_segments_through(180).unwrap();
+    wal.read_on(&mut reader);
+    match reader.next() {
+        Some(Err(WalError::Trimmed { requested, oldest })) => {
+            assert_eq!(requested, 101);
+            assert!(oldest > 101, "{oldest}");
+        }
+        other => panic!("expected Trimmed, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_torn_last_record_is_cut_at_every_byte_offset() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 10, 1 << 20);
