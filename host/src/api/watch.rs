@@ -25,7 +25,7 @@ use super::kv::push_entries;
 use super::proto::{Entry, WatchRequest, WatchResponse};
 use super::state::ApiState;
 use crate::db::DbError;
-use crate::wal::WalError;
+use crate::wal::{LogReader, WalError};
 
 /// How often an idle watch says it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -81,16 +81,28 @@ async fn pump(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let send = |message: WatchResponse| envelope(0, &codec.encode(&message));
+    // One reader for the whole watch, so each record is read from disk once.
+    let mut reader = None;
     let outcome: Result<(), ConnectError> = loop {
         if *shutdown.borrow() {
             break Err(shutting_down(cursor));
         }
         let step = {
             let prefix = prefix.clone();
-            state
-                .blocking(move |db| Ok(read_step(db, cursor, &prefix)))
-                .await
-                .and_then(|step| step)
+            let mut kept = reader.take();
+            let done = state
+                .blocking(move |db| {
+                    let step = read_step(db, &mut kept, cursor, &prefix);
+                    Ok((step, kept))
+                })
+                .await;
+            match done {
+                Ok((step, kept)) => {
+                    reader = kept;
+                    step
+                }
+                Err(e) => Err(e),
+            }
         };
         match step {
             Ok((entries, last)) if last > cursor => {
@@ -128,18 +140,26 @@ async fn pump(
 /// The matching entries of the next committed records after `cursor`, and the LSN read through.
 fn read_step(
     db: &crate::db::Db,
+    kept: &mut Option<LogReader>,
     cursor: u64,
     prefix: &[u8],
 ) -> Result<(Vec<Entry>, u64), ConnectError> {
-    let reader = db.read_log(cursor).map_err(|e| match e {
+    let log_error = |e: DbError| match e {
         DbError::Wal(WalError::Trimmed { requested, oldest }) => trimmed_error(requested, oldest),
         other => other.into(),
-    })?;
+    };
+    let reader = match kept {
+        Some(reader) => {
+            db.read_log_on(reader);
+            reader
+        }
+        None => kept.insert(db.read_log(cursor).map_err(log_error)?),
+    };
     let mut entries = Vec::new();
     let mut last = cursor;
     let mut record_entries = Vec::new();
-    for record in reader.take(RECORDS_PER_STEP) {
-        let record = record.map_err(DbError::from)?;
+    for record in reader.by_ref().take(RECORDS_PER_STEP) {
+        let record = record.map_err(|e| log_error(DbError::from(e)))?;
         last = record.lsn;
         push_entries(&mut record_entries, &record);
         entries.extend(
