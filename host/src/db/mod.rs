@@ -735,7 +735,7 @@ impl Inner {
 }
 
 /// Where the store in `dir` keeps its WAL segments.
-pub fn wal_dir(dir: &Path) -> PathBuf {
+fn wal_dir(dir: &Path) -> PathBuf {
     dir.join("wal")
 }
 

@@ -167,7 +167,8 @@ impl Step {
             return Err(CallError::BackedOff);
         }
         let input = abi::encode(input).map_err(|e| CallError::BadOutput(e.to_string()))?;
-        let version = self.plugin.current.load_full();
+        // A guard, not an Arc clone: no shared reference count written on every call.
+        let version = self.plugin.current.load();
         let pooled = {
             let mut pool = self.pool.lock();
             pool.retain(|(generation, _)| *generation == version.generation);
