@@ -11,6 +11,10 @@
 //! (unreachable node, deadline, unreadable response), so a caller can tell "the node said no"
 //! from "the node could not be asked".
 //!
+//! A node behind TLS is called with an `https://` address (or any address when TLS options
+//! are given) and [`ClientOptions`]: the CA to trust, a client certificate for mutual TLS, and
+//! the bearer token sent with every call.
+//!
 //! Writes (`Set`, `Delete`, `Write`) sent to a replica are refused with `failed_precondition`
 //! and the primary's address in the `wasmkv-primary` header; the client then sends the same
 //! request once to that primary and returns its answer, so a caller pointed at any node of a
@@ -24,10 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_TYPE, USER_AGENT};
-use http::{HeaderMap, StatusCode, Uri};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
+use hyper_rustls::{DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
@@ -42,6 +47,8 @@ use crate::api::proto::{
     StatusRequest, StatusResponse, WatchRequest, WatchResponse, WriteRequest, WriteResponse,
 };
 use crate::api::{Code, Codec, ConnectError, WireMessage};
+use crate::auth::Secret;
+use crate::tls::{ClientTls, TlsError};
 
 const KVSTORE: &str = "kvstore.v1.KVStore";
 const ADMIN: &str = "kvstore.v1.Admin";
@@ -91,6 +98,10 @@ pub enum ClientError {
     /// may still have taken effect on the server.
     #[error("no answer from {addr} within {}", humantime::format_duration(*after))]
     Timeout { addr: String, after: Duration },
+    /// The TLS options could not be used (an unreadable CA file, a key without its
+    /// certificate).
+    #[error("TLS setup: {0}")]
+    Tls(#[from] TlsError),
     /// The node address (or a call path) is not something this client can send to.
     #[error("bad address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
@@ -111,7 +122,7 @@ impl ClientError {
             ClientError::Transport { .. } => Some(Code::Unavailable),
             ClientError::Timeout { .. } => Some(Code::DeadlineExceeded),
             ClientError::BadResponse { .. } => Some(Code::Internal),
-            ClientError::BadAddress { .. } => None,
+            ClientError::BadAddress { .. } | ClientError::Tls(_) => None,
         }
     }
 
@@ -137,12 +148,25 @@ pub struct SetOptions {
     pub min_replicas: u32,
 }
 
+/// How a client connects and who it says it is.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// TLS settings; when set, addresses without a scheme mean `https://`.
+    pub tls: Option<ClientTls>,
+    /// Sent as `Authorization: Bearer <token>` with every call.
+    pub token: Option<Secret>,
+}
+
 /// A handle on a node: cheap to clone, every clone shares one pool of keep-alive connections.
 #[derive(Clone)]
 pub struct Client {
-    http: HttpClient<HttpConnector, Full<Bytes>>,
-    /// `http://host:port` (plus an optional path prefix), without a trailing slash.
+    http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `http(s)://host:port` (plus an optional path prefix), without a trailing slash.
     base: Arc<str>,
+    /// The scheme of addresses given without one (a redirect's `host:port`).
+    default_scheme: &'static str,
+    /// The `Authorization` header, marked sensitive so HTTP/2 never indexes it.
+    authorization: Option<HeaderValue>,
     timeout: Option<Duration>,
 }
 
@@ -159,16 +183,51 @@ impl Client {
     /// A client of the node at `base`, e.g. `http://127.0.0.1:8080` (`127.0.0.1:8080` means
     /// the same). Nothing is connected until the first call.
     pub fn new(base: &str) -> Result<Client, ClientError> {
-        let base = normalize_base(base)?;
-        let mut connector = HttpConnector::new();
+        Client::with_options(base, &ClientOptions::default())
+    }
+
+    /// A client of the node at `base` using `options`. With TLS options, `host:port` means
+    /// `https://host:port`; an `https://` address without them trusts the public web PKI.
+    pub fn with_options(base: &str, options: &ClientOptions) -> Result<Client, ClientError> {
+        let default_scheme = if options.tls.is_some() { "https" } else { "http" };
+        let base = normalize_base_with(base, default_scheme)?;
+        let tls = options.tls.clone().unwrap_or_default();
+        let mut http = HttpConnector::new();
         // Calls are small request/response pairs: Nagle's algorithm would only add latency.
-        connector.set_nodelay(true);
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let mut tls_config = tls.client_config()?;
+        tls_config.alpn_protocols = vec![crate::tls::ALPN_HTTP1.to_vec()];
+        let connector = match tls.fixed_server_name()? {
+            Some(name) => HttpsConnector::new(
+                http,
+                tls_config,
+                false,
+                Arc::new(FixedServerNameResolver::new(name)),
+            ),
+            None => HttpsConnector::new(http, tls_config, false, Arc::new(DefaultServerNameResolver::default())),
+        };
         let http = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
+        let authorization = options
+            .token
+            .as_ref()
+            .map(|token| {
+                let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose()))
+                    .map_err(|_| ClientError::BadAddress {
+                        addr: base.clone(),
+                        reason: "the token contains characters a header cannot carry".into(),
+                    })?;
+                value.set_sensitive(true);
+                Ok::<_, ClientError>(value)
+            })
+            .transpose()?;
         Ok(Client {
             http,
             base: base.into(),
+            default_scheme,
+            authorization,
             timeout: None,
         })
     }
@@ -212,7 +271,7 @@ impl Client {
             .await;
         let (addr, answer) = match first {
             Err(ClientError::NotPrimary { primary, error }) if REDIRECTED.contains(&path) => {
-                let to = match normalize_base(&primary) {
+                let to = match normalize_base_with(&primary, self.default_scheme) {
                     Ok(to) => to,
                     Err(e) => {
                         tracing::debug!(from = %self.base, path, "redirect not followed: {e}");
@@ -372,6 +431,9 @@ impl Client {
                 USER_AGENT,
                 concat!("wasmkv-client/", env!("CARGO_PKG_VERSION")),
             );
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
         if let Some(timeout) = timeout {
             let ms = timeout.as_millis().clamp(1, MAX_TIMEOUT_MS);
             request = request.header("connect-timeout-ms", ms.to_string());
@@ -575,6 +637,11 @@ fn ttl_ms(ttl: Duration) -> u64 {
 
 /// `http://host:port[/prefix]` without a trailing slash, from what a person types.
 pub fn normalize_base(input: &str) -> Result<String, ClientError> {
+    normalize_base_with(input, "http")
+}
+
+/// [`normalize_base`] for a client whose addresses without a scheme mean `default_scheme`.
+fn normalize_base_with(input: &str, default_scheme: &str) -> Result<String, ClientError> {
     let bad = |reason: &str| ClientError::BadAddress {
         addr: input.to_owned(),
         reason: reason.to_owned(),
@@ -583,20 +650,15 @@ pub fn normalize_base(input: &str) -> Result<String, ClientError> {
     let with_scheme = if trimmed.contains("://") {
         trimmed.to_owned()
     } else {
-        format!("http://{trimmed}")
+        format!("{default_scheme}://{trimmed}")
     };
     let uri: Uri = with_scheme
         .parse()
         .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(bad(
-                "https is not supported by this client yet; use http://",
-            ));
-        }
-        _ => return Err(bad("only http:// addresses are supported")),
-    }
+    let scheme = match uri.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme,
+        _ => return Err(bad("only http:// and https:// addresses are supported")),
+    };
     let authority = match uri.authority() {
         Some(a) if !a.host().is_empty() => a,
         _ => return Err(bad("no host")),
@@ -605,7 +667,7 @@ pub fn normalize_base(input: &str) -> Result<String, ClientError> {
         return Err(bad("a node address takes no query string"));
     }
     let prefix = uri.path().trim_end_matches('/');
-    Ok(format!("http://{authority}{prefix}"))
+    Ok(format!("{scheme}://{authority}{prefix}"))
 }
 
 /// The Connect error a non-200 answer carries: its JSON error body when it has one, else
@@ -765,12 +827,20 @@ mod tests {
             (" localhost:1/ ", "http://localhost:1"),
             ("http://[::1]:8080/", "http://[::1]:8080"),
             ("http://node:80/kv/", "http://node:80/kv"),
+            ("https://x:1", "https://x:1"),
         ];
         for (input, want) in ok {
             assert_eq!(Client::new(input).unwrap().base(), want, "{input}");
         }
+        let tls = ClientOptions {
+            tls: Some(ClientTls::default()),
+            token: None,
+        };
+        assert_eq!(
+            Client::with_options("node:8443", &tls).unwrap().base(),
+            "https://node:8443"
+        );
         for input in [
-            "https://x:1",
             "ftp://x:1",
             "http://",
             "",
@@ -1131,10 +1201,10 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
 
         // A primary this client cannot call: the refusal, naming it, is the answer.
-        let (replica, calls) = stub_replica(Some("https://10.0.0.1:8443".into())).await;
+        let (replica, calls) = stub_replica(Some("ftp://10.0.0.1:8443".into())).await;
         let err = client(&replica).delete("k").await.unwrap_err();
         assert!(matches!(&err, ClientError::NotPrimary { .. }), "{err:?}");
-        assert_eq!(err.primary(), Some("https://10.0.0.1:8443"));
+        assert_eq!(err.primary(), Some("ftp://10.0.0.1:8443"));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 

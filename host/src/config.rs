@@ -25,11 +25,14 @@
 //! key path: a node that starts with a setting silently ignored is worse than one that does
 //! not start.
 
+mod auth;
 mod env;
 mod plugins;
+mod reader;
 mod settings;
 mod yaml;
 
+pub use auth::AuthConfig;
 pub use plugins::{
     EvictStep, FilterOnError, PluginLimits, PluginsConfig, ReplicateStep, ValidateOnError,
     ValidateStep,
@@ -60,6 +63,8 @@ pub struct Config {
     pub replication: ReplicationConfig,
     /// Plugin directory, sandbox limits and chains (`plugins:`).
     pub plugins: PluginsConfig,
+    /// Bearer tokens (`auth:`); no tokens = no authentication (loopback only).
+    pub auth: AuthConfig,
     pub log: LogConfig,
 }
 
@@ -77,6 +82,12 @@ pub struct ReplicationConfig {
     pub advertise: String,
     /// Follow a primary that came back empty with a new history, wiping this replica.
     pub allow_full_resync_from_empty: bool,
+    /// TLS of the links this node dials: to its primary, and to a replica it adds. Here
+    /// rather than under `primary:` because a node started as a primary dials too (after
+    /// `AddReplica`, or rejoining as a replica after a promotion elsewhere).
+    pub tls: Option<crate::tls::ClientTls>,
+    /// A file holding the `replication` token this node presents to its primary.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Where clients (and replicas) connect.
@@ -86,6 +97,11 @@ pub struct ServerConfig {
     pub address: String,
     /// 0 lets the OS pick a free port (tests use it).
     pub port: u16,
+    /// Listen on an address other than loopback without `auth` tokens. Off by default: an
+    /// open store on a network is a breach waiting for a port scan.
+    pub allow_insecure_remote: bool,
+    /// Serve TLS (`server.tls.cert`, `.key`, and `.client_ca` for mutual TLS).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// When an acknowledged write reaches stable storage; see [`SyncPolicy`].
@@ -121,12 +137,24 @@ pub struct StorageConfig {
     pub snapshot_after: u64,
 }
 
-/// Request size limits the server enforces before a request reaches the store.
+/// The limits the server enforces before a request reaches the store, so that no client
+/// can exhaust the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitsConfig {
     pub max_key_bytes: u64,
     pub max_value_bytes: u64,
     pub max_request_bytes: u64,
+    /// Most keys in one `MultiGet` or `Write`.
+    pub max_batch_keys: u64,
+    /// Most client connections open at once (0 = no limit).
+    pub max_connections: u64,
+    /// How long a connection may take to send its first bytes, finish the TLS handshake,
+    /// and send a request's headers (slow-loris).
+    pub header_read_timeout: Duration,
+    /// How long a request's body may take to arrive once its headers did.
+    pub body_read_timeout: Duration,
+    /// Most requests in flight on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
 }
 
 /// The primary a replica follows (the seed's `master` section).
@@ -221,6 +249,8 @@ impl Default for Config {
             server: ServerConfig {
                 address: "127.0.0.1".to_owned(),
                 port: 8080,
+                allow_insecure_remote: false,
+                tls: None,
             },
             wal: WalConfig {
                 sync: SyncMode::Interval,
@@ -239,6 +269,11 @@ impl Default for Config {
                 max_key_bytes: 1024,
                 max_value_bytes: 1 << 20,
                 max_request_bytes: 8 << 20,
+                max_batch_keys: 10_000,
+                max_connections: 10_000,
+                header_read_timeout: Duration::from_secs(10),
+                body_read_timeout: Duration::from_secs(30),
+                max_streams_per_connection: 256,
             },
             primary: None,
             replication: ReplicationConfig {
@@ -247,8 +282,11 @@ impl Default for Config {
                 labels: std::collections::BTreeMap::new(),
                 advertise: String::new(),
                 allow_full_resync_from_empty: false,
+                tls: None,
+                token_file: None,
             },
             plugins: PluginsConfig::default(),
+            auth: AuthConfig::default(),
             log: LogConfig {
                 level: "info".to_owned(),
             },
@@ -295,6 +333,9 @@ impl Config {
             file_error(&a.key, Some(a.origin), message)
         })?;
         doc.chains.apply(&mut config.plugins);
+        if let Some(tokens) = doc.tokens {
+            config.auth.tokens = tokens;
+        }
         if let (Some((section, position)), Some(primary)) = (&doc.primary_section, &config.primary)
             && primary.address.is_empty()
         {
@@ -363,6 +404,8 @@ impl Config {
         self.plugins
             .check()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        settings::check_tls_complete(self)
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         let limits = &self.limits;
         for (key, value) in [
             ("limits.max_key_bytes", limits.max_key_bytes),
@@ -394,7 +437,7 @@ impl Config {
 
     /// `address:port` to bind, with an IPv6 address in brackets (`[::1]:8080`).
     pub fn listen_addr(&self) -> String {
-        let ServerConfig { address, port } = &self.server;
+        let ServerConfig { address, port, .. } = &self.server;
         if address.parse::<Ipv6Addr>().is_ok() {
             format!("[{address}]:{port}")
         } else {

@@ -7,6 +7,7 @@
 //! `plugins` takes and returns ABI types only; `node` wires one node together.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -15,4 +16,5 @@ pub mod node;
 pub mod plugins;
 pub mod replication;
 pub mod storage;
+pub mod tls;
 pub mod wal;

@@ -107,7 +107,7 @@ pub fn status(target: &Target, json: bool) -> Result<ExitCode> {
 pub fn digest(target: &Target) -> Result<ExitCode> {
     let client = target.client()?;
     let resp = block_on(async { client.digest().await.context("digest") })?;
-    let hex: String = resp.digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(&resp.digest);
     print(format!("digest: {hex}\nlsn: {}\nkeys: {}\n", resp.lsn, resp.keys).as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -36,11 +36,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use serde_saphyr::{Location, Spanned};
+use serde_saphyr::Spanned;
 
 use super::ConfigError;
+use super::reader::{Field, Fields, Reader};
 use super::settings::parse_count;
-use super::yaml::{self, Node};
+use super::yaml::Node;
 
 /// The whole section. The default has no chains, so no plugin runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -299,112 +300,7 @@ pub(super) fn read_chain(
     Ok(true)
 }
 
-/// Walks the chains of one file.
-struct Reader<'a> {
-    file: &'a str,
-}
-
-/// The entries of a mapping whose keys were checked, for its reader to take one by one.
-struct Fields {
-    /// The mapping's key path (`plugins.validate[1]`).
-    path: String,
-    /// Where the mapping is, for a required key it lacks.
-    at: Location,
-    entries: Vec<(Spanned<String>, Spanned<Node>)>,
-}
-
-/// One entry of a mapping: its key path, where its key is, and its value.
-struct Field {
-    path: String,
-    at: Location,
-    value: Spanned<Node>,
-}
-
-impl Fields {
-    fn take(&mut self, key: &str) -> Option<Field> {
-        let i = self.entries.iter().position(|(k, _)| k.value == key)?;
-        let (key, value) = self.entries.remove(i);
-        Some(Field {
-            path: format!("{}.{}", self.path, key.value),
-            at: key.referenced,
-            value,
-        })
-    }
-}
-
 impl Reader<'_> {
-    fn error(&self, at: Location, key: &str, message: String) -> ConfigError {
-        yaml::error(self.file, at, Some(key.to_owned()), message)
-    }
-
-    /// A chain written as a list of steps (nothing = no steps), each a mapping with `keys`
-    /// read by `step`.
-    fn steps<T>(
-        &self,
-        path: &str,
-        value: Spanned<Node>,
-        keys: &[&str],
-        step: impl Fn(&mut Fields) -> Result<T, ConfigError>,
-    ) -> Result<Vec<T>, ConfigError> {
-        let items = match value.value {
-            Node::Sequence(items) => items,
-            Node::Null => Vec::new(),
-            other => {
-                let message = format!(
-                    "expected a list of steps, each a mapping with keys {}; found {}",
-                    keys.join(", "),
-                    other.kind()
-                );
-                return Err(self.error(value.referenced, path, message));
-            }
-        };
-        items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| {
-                step(&mut self.fields(format!("{path}[{i}]"), item.referenced, item, keys)?)
-            })
-            .collect()
-    }
-
-    /// The mapping at `path` (named at `at`), refusing keys other than `keys`.
-    fn fields(
-        &self,
-        path: String,
-        at: Location,
-        value: Spanned<Node>,
-        keys: &[&str],
-    ) -> Result<Fields, ConfigError> {
-        let entries = match value.value {
-            Node::Mapping(entries) => entries,
-            other => {
-                let message = format!(
-                    "expected a mapping with keys {}, found {}",
-                    keys.join(", "),
-                    other.kind()
-                );
-                return Err(self.error(value.referenced, &path, message));
-            }
-        };
-        if let Some((key, _)) = entries
-            .iter()
-            .find(|(k, _)| !keys.contains(&k.value.as_str()))
-        {
-            let message = format!("unknown key; expected one of {}", keys.join(", "));
-            return Err(self.error(key.referenced, &format!("{path}.{}", key.value), message));
-        }
-        Ok(Fields { path, at, entries })
-    }
-
-    /// A single value, as text.
-    fn text(&self, field: &Field) -> Result<String, ConfigError> {
-        field
-            .value
-            .value
-            .text()
-            .ok_or_else(|| self.error(field.at, &field.path, yaml::not_single(&field.value.value)))
-    }
-
     /// The step's `plugin`, which every step needs.
     fn plugin(&self, step: &mut Fields) -> Result<String, ConfigError> {
         let Some(field) = step.take("plugin") else {

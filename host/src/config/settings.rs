@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Config, PluginLimits, PrimaryConfig, SyncMode};
+use crate::tls::{ClientTls, ServerTls};
 use crate::storage::BUILTIN_POLICIES;
 
 /// One key of the configuration.
@@ -276,6 +277,141 @@ pub(super) const SETTINGS: &[Setting] = &[
         check: no_check,
     },
     Setting {
+        key: "server.allow_insecure_remote",
+        apply: |c, v| {
+            c.server.allow_insecure_remote = parse_bool(v)?;
+            Ok(())
+        },
+        check: no_check,
+    },
+    Setting {
+        key: "server.tls.cert",
+        apply: |c, v| {
+            server_tls_mut(c).cert = PathBuf::from(v);
+            Ok(())
+        },
+        check: no_check,
+    },
+    Setting {
+        key: "server.tls.key",
+        apply: |c, v| {
+            server_tls_mut(c).key = PathBuf::from(v);
+            Ok(())
+        },
+        check: no_check,
+    },
+    Setting {
+        key: "server.tls.client_ca",
+        apply: |c, v| {
+            server_tls_mut(c).client_ca = Some(PathBuf::from(v));
+            Ok(())
+        },
+        check: no_check,
+    },
+    Setting {
+        key: "limits.max_batch_keys",
+        apply: |c, v| {
+            c.limits.max_batch_keys = parse_count(v)?;
+            Ok(())
+        },
+        check: |c| at_least_one(c.limits.max_batch_keys),
+    },
+    Setting {
+        key: "limits.max_connections",
+        apply: |c, v| {
+            c.limits.max_connections = parse_count(v)?;
+            Ok(())
+        },
+        check: no_check,
+    },
+    Setting {
+        key: "limits.header_read_timeout",
+        apply: |c, v| {
+            c.limits.header_read_timeout = parse_duration(v)?;
+            Ok(())
+        },
+        check: |c| positive_duration(c.limits.header_read_timeout),
+    },
+    Setting {
+        key: "limits.body_read_timeout",
+        apply: |c, v| {
+            c.limits.body_read_timeout = parse_duration(v)?;
+            Ok(())
+        },
+        check: |c| positive_duration(c.limits.body_read_timeout),
+    },
+    Setting {
+        key: "limits.max_streams_per_connection",
+        apply: |c, v| {
+            c.limits.max_streams_per_connection = parse_count(v)?
+                .try_into()
+                .map_err(|_| format!("{v} is too large"))?;
+            Ok(())
+        },
+        check: |c| at_least_one(c.limits.max_streams_per_connection.into()),
+    },
+    Setting {
+        key: "auth.token_file",
+        apply: |c, v| {
+            c.auth.token_file = Some(PathBuf::from(v));
+            Ok(())
+        },
+        check: |c| c.auth.token_file.as_deref().map_or(Ok(()), non_empty_path),
+    },
+    Setting {
+        key: "auth.protect_metrics",
+        apply: |c, v| {
+            c.auth.protect_metrics = parse_bool(v)?;
+            Ok(())
+        },
+        check: no_check,
+    },
+    Setting {
+        key: "replication.tls.ca",
+        apply: |c, v| {
+            link_tls_mut(c).ca = Some(PathBuf::from(v));
+            Ok(())
+        },
+        check: no_check,
+    },
+    Setting {
+        key: "replication.tls.cert",
+        apply: |c, v| {
+            link_tls_mut(c).cert = Some(PathBuf::from(v));
+            Ok(())
+        },
+        check: no_check,
+    },
+    Setting {
+        key: "replication.tls.key",
+        apply: |c, v| {
+            link_tls_mut(c).key = Some(PathBuf::from(v));
+            Ok(())
+        },
+        check: no_check,
+    },
+    Setting {
+        key: "replication.tls.server_name",
+        apply: |c, v| {
+            link_tls_mut(c).server_name = Some(v.to_owned());
+            Ok(())
+        },
+        check: no_check,
+    },
+    Setting {
+        key: "replication.token_file",
+        apply: |c, v| {
+            c.replication.token_file = Some(PathBuf::from(v));
+            Ok(())
+        },
+        check: |c| {
+            c.replication
+                .token_file
+                .as_deref()
+                .map_or(Ok(()), non_empty_path)
+        },
+    },
+    Setting {
         key: "log.level",
         apply: |c, v| {
             c.log.level = v.to_owned();
@@ -296,6 +432,49 @@ pub(super) fn primary_mut(c: &mut Config) -> &mut PrimaryConfig {
         address: String::new(),
         sync_interval: PrimaryConfig::DEFAULT_SYNC_INTERVAL,
     })
+}
+
+/// `server.tls`, created on first use.
+fn server_tls_mut(c: &mut Config) -> &mut ServerTls {
+    c.server.tls.get_or_insert_with(ServerTls::default)
+}
+
+/// `replication.tls`, created on first use.
+fn link_tls_mut(c: &mut Config) -> &mut ClientTls {
+    c.replication.tls.get_or_insert_with(ClientTls::default)
+}
+
+/// The TLS settings that go together: a listener needs its certificate and its key, and a
+/// link's client certificate goes with its key. Checked once a whole source was read
+/// ([`Config::validate`]), since a file may well set `key` after `cert`.
+pub(super) fn check_tls_complete(c: &Config) -> Result<(), (String, String)> {
+    let missing = |key: &str, what: &str| Err((key.to_owned(), format!("required: {what}")));
+    if let Some(tls) = &c.server.tls {
+        if tls.cert.as_os_str().is_empty() {
+            return missing(
+                "server.tls.cert",
+                "the PEM certificate chain to serve, with server.tls",
+            );
+        }
+        if tls.key.as_os_str().is_empty() {
+            return missing("server.tls.key", "the PEM private key of server.tls.cert");
+        }
+    }
+    if let Some(tls) = &c.replication.tls {
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => {
+                return missing("replication.tls.key", "the private key of replication.tls.cert");
+            }
+            (None, Some(_)) => {
+                return missing(
+                    "replication.tls.cert",
+                    "the client certificate of replication.tls.key",
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The section a name stands for, following the seed's aliases.
@@ -394,11 +573,6 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {text:?} ({e}); expected {DURATION_FORMS}"))
 }
 
-/// A byte size: `512` (bytes), `100MB` (1 MB = 1,000,000 bytes) or `64KiB` (1 KiB = 1024
-/// bytes), the unit case-insensitive, an optional space, fractions allowed (`1.5GB`).
-///
-/// Single-letter units (`64M`) are refused even though the parser knows them: operators
-/// read `M` as MiB as often as MB, and a config should not need a footnote.
 /// `true` or `false`.
 fn parse_bool(text: &str) -> Result<bool, String> {
     match text {
@@ -423,6 +597,11 @@ fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>
         .collect()
 }
 
+/// A byte size: `512` (bytes), `100MB` (1 MB = 1,000,000 bytes) or `64KiB` (1 KiB = 1024
+/// bytes), the unit case-insensitive, an optional space, fractions allowed (`1.5GB`).
+///
+/// Single-letter units (`64M`) are refused even though the parser knows them: operators
+/// read `M` as MiB as often as MB, and a config should not need a footnote.
 pub(super) fn parse_size(text: &str) -> Result<u64, String> {
     let unit = text.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.' || c == ' ');
     let starts_with_number = text.starts_with(|c: char| c.is_ascii_digit());
@@ -469,6 +648,13 @@ fn known_policy(name: &str) -> Result<(), String> {
 fn positive_duration(d: Duration) -> Result<(), String> {
     if d.is_zero() {
         return Err("must be longer than 0".to_owned());
+    }
+    Ok(())
+}
+
+fn at_least_one(n: u64) -> Result<(), String> {
+    if n == 0 {
+        return Err("must be at least 1".to_owned());
     }
     Ok(())
 }
@@ -604,6 +790,7 @@ mod tests {
                 "primary",
                 "replication",
                 "plugins",
+                "auth",
                 "log",
                 "master"
             ]

@@ -1,5 +1,7 @@
 use super::*;
+use crate::auth::{Role, TokenEntry, parse_sha256};
 use crate::storage::BUILTIN_POLICIES;
+use crate::tls::{ClientTls, ServerTls};
 
 fn load(text: &str) -> Result<Config, ConfigError> {
     Config::from_yaml_str(text, "test.yaml")
@@ -52,15 +54,23 @@ fn empty_documents_are_the_defaults() {
 fn every_key_is_read() {
     let config = load(
         "data_dir: /srv/kv\n\
-         server: {address: 0.0.0.0, port: 0}\n\
+         server: {address: 0.0.0.0, port: 0, allow_insecure_remote: true,\n\
+           tls: {cert: s.pem, key: s.key, client_ca: ca.pem}}\n\
          wal: {sync: always, sync_interval: 250ms, max_file_size: 100MB}\n\
          storage:\n  max_entries: 10\n  max_memory: 1GiB\n  eviction_policy: volatile-ttl\n  \
          eviction_samples: 7\n  disk_reserve: 1MB\n  snapshot_after: 0\n\
-         limits: {max_key_bytes: 512, max_value_bytes: 64KiB, max_request_bytes: 1MiB}\n\
+         limits: {max_key_bytes: 512, max_value_bytes: 64KiB, max_request_bytes: 1MiB,\n\
+           max_batch_keys: 50, max_connections: 7, header_read_timeout: 2s,\n\
+           body_read_timeout: 3s, max_streams_per_connection: 9}\n\
          primary: {address: 'p:1', sync_interval: 2m}\n\
          replication: {backlog_max: 1MB, backlog_max_age: 5m, labels: 'region=us, zone = a',\n\
-           advertise: 'r1:8081', allow_full_resync_from_empty: true}\n\
-         log: {level: 'wasmkv=debug,info'}\n",
+           advertise: 'r1:8081', allow_full_resync_from_empty: true,\n\
+           tls: {ca: ca.pem, cert: c.pem, key: c.key, server_name: db1}, token_file: rt}\n\
+         auth:\n  tokens:\n    - {name: app, role: write, sha256: '{APP}'}\n  \
+         token_file: t.yaml\n  protect_metrics: true\n\
+         log: {level: 'wasmkv=debug,info'}\n"
+            .replace("{APP}", &crate::auth::sha256_hex("app-token"))
+            .as_str(),
     )
     .unwrap();
     assert_eq!(
@@ -69,7 +79,13 @@ fn every_key_is_read() {
             data_dir: PathBuf::from("/srv/kv"),
             server: ServerConfig {
                 address: "0.0.0.0".into(),
-                port: 0
+                port: 0,
+                allow_insecure_remote: true,
+                tls: Some(ServerTls {
+                    cert: "s.pem".into(),
+                    key: "s.key".into(),
+                    client_ca: Some("ca.pem".into()),
+                }),
             },
             wal: WalConfig {
                 sync: SyncMode::Always,
@@ -87,7 +103,12 @@ fn every_key_is_read() {
             limits: LimitsConfig {
                 max_key_bytes: 512,
                 max_value_bytes: 64 << 10,
-                max_request_bytes: 1 << 20
+                max_request_bytes: 1 << 20,
+                max_batch_keys: 50,
+                max_connections: 7,
+                header_read_timeout: Duration::from_secs(2),
+                body_read_timeout: Duration::from_secs(3),
+                max_streams_per_connection: 9,
             },
             primary: Some(PrimaryConfig {
                 address: "p:1".into(),
@@ -102,8 +123,24 @@ fn every_key_is_read() {
                     .collect(),
                 advertise: "r1:8081".into(),
                 allow_full_resync_from_empty: true,
+                tls: Some(ClientTls {
+                    ca: Some("ca.pem".into()),
+                    cert: Some("c.pem".into()),
+                    key: Some("c.key".into()),
+                    server_name: Some("db1".into()),
+                }),
+                token_file: Some("rt".into()),
             },
             plugins: PluginsConfig::default(),
+            auth: AuthConfig {
+                tokens: vec![TokenEntry {
+                    name: "app".into(),
+                    role: Role::Write,
+                    sha256: parse_sha256(&crate::auth::sha256_hex("app-token")).unwrap(),
+                }],
+                token_file: Some("t.yaml".into()),
+                protect_metrics: true,
+            },
             log: LogConfig {
                 level: "wasmkv=debug,info".into()
             },
@@ -681,12 +718,12 @@ fn plugin_shape_errors_name_position_and_key() {
     for (text, expected) in [
         (
             "plugins:\n  validate: {plugin: a}\n",
-            "test.yaml:2:13: plugins.validate: expected a list of steps, each a mapping with \
+            "test.yaml:2:13: plugins.validate: expected a list, each item a mapping with \
              keys plugin, config, on_error; found a mapping",
         ),
         (
             "plugins:\n  replicate: prefix-filter\n",
-            "test.yaml:2:14: plugins.replicate: expected a list of steps, each a mapping with \
+            "test.yaml:2:14: plugins.replicate: expected a list, each item a mapping with \
              keys plugin, config, replicas, on_error; found a single value",
         ),
         (
@@ -959,4 +996,120 @@ fn primary_yaml_documents_the_plugins_section() {
     };
     assert_eq!(replicate.labels, labels(&[("region", "us")]));
     assert_eq!(replicate.on_error, FilterOnError::Hold);
+}
+
+#[test]
+fn token_entries_are_checked_where_they_are_written() {
+    let digest = crate::auth::sha256_hex("t");
+    let cases = [
+        (
+            format!("auth:\n  tokens:\n    - {{name: a, role: boss, sha256: {digest}}}\n"),
+            "test.yaml:3:17: auth.tokens[0].role: unknown role \"boss\"; expected one of read, \
+             write, admin, replication",
+        ),
+        (
+            "auth:\n  tokens:\n    - {name: a, role: read, sha256: abc}\n".to_owned(),
+            "test.yaml:3:29: auth.tokens[0].sha256: expected the 64 hex digits of a SHA-256 \
+             (`wasmkv token new` prints it), got 3 characters",
+        ),
+        (
+            "auth:\n  tokens:\n    - {name: a, role: read}\n".to_owned(),
+            "test.yaml:3:7: auth.tokens[0].sha256: required",
+        ),
+        (
+            format!("auth:\n  tokens:\n    - {{name: a, role: read, sha256: {digest}, x: 1}}\n"),
+            "test.yaml:3:103: auth.tokens[0].x: unknown key; expected one of name, role, sha256",
+        ),
+        (
+            "auth:\n  tokens: 5\n".to_owned(),
+            "test.yaml:2:11: auth.tokens: expected a list, each item a mapping with keys name, \
+             role, sha256; found a single value",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(load_err(&text), want, "{text}");
+    }
+    let plaintext = load_err(&format!(
+        "auth:\n  tokens:\n    - {{name: a, role: read, sha256: {}}}\n",
+        crate::auth::generate().unwrap()
+    ));
+    assert!(
+        plaintext.contains("this is a token, not its SHA-256"),
+        "{plaintext}"
+    );
+}
+
+#[test]
+fn token_files_add_tokens_and_names_must_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.yaml");
+    let entry = |name: &str, role: &str, token: &str| {
+        format!(
+            "- {{name: {name}, role: {role}, sha256: {}}}\n",
+            crate::auth::sha256_hex(token)
+        )
+    };
+    std::fs::write(&file, entry("ops", "admin", "ops-token")).unwrap();
+    let mut config = load(&format!(
+        "auth:\n  token_file: {:?}\n  tokens:\n    {}",
+        file.display().to_string(),
+        entry("app", "read", "app-token")
+    ))
+    .unwrap();
+    assert!(config.auth.is_enabled());
+    let set = config.auth.token_set().unwrap();
+    assert_eq!(set.len(), 2);
+    assert_eq!(set.verify("ops-token").unwrap().role, Role::Admin);
+    assert_eq!(set.verify("app-token").unwrap().name, "app");
+
+    std::fs::write(&file, entry("app", "admin", "other")).unwrap();
+    let err = config.auth.token_set().unwrap_err().to_string();
+    assert!(err.contains("two tokens are named \"app\""), "{err}");
+
+    std::fs::write(&file, "- {name: x, role: nope, sha256: 00}\n").unwrap();
+    let err = config.auth.token_set().unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("{}:1:", file.display())) && err.contains("unknown role"),
+        "{err}"
+    );
+
+    std::fs::write(&file, "").unwrap();
+    let err = config.auth.token_set().unwrap_err().to_string();
+    assert!(err.contains("lists no tokens"), "{err}");
+
+    config.auth.token_file = Some(dir.path().join("missing.yaml"));
+    let err = config.auth.token_set().unwrap_err().to_string();
+    assert!(err.contains("missing.yaml"), "{err}");
+    assert!(!Config::default().auth.is_enabled());
+}
+
+#[test]
+fn tls_settings_that_go_together_are_required_together() {
+    assert_eq!(
+        load_err("server:\n  tls:\n    cert: a.pem\n"),
+        "test.yaml: server.tls.key: required: the PEM private key of server.tls.cert"
+    );
+    assert_eq!(
+        load_err("server:\n  tls:\n    client_ca: ca.pem\n"),
+        "test.yaml: server.tls.cert: required: the PEM certificate chain to serve, with \
+         server.tls"
+    );
+    assert_eq!(
+        load_err("replication:\n  tls:\n    key: c.key\n"),
+        "test.yaml: replication.tls.cert: required: the client certificate of \
+         replication.tls.key"
+    );
+    let config = load("replication:\n  tls:\n    ca: ca.pem\n").unwrap();
+    assert!(!config.is_replica(), "link settings alone do not make a replica");
+    let mut config = Config::default();
+    config
+        .apply_env(env(&[
+            ("WASMKV_SERVER__TLS__CERT", "s.pem"),
+            ("WASMKV_SERVER__TLS__KEY", "s.key"),
+            ("WASMKV_LIMITS__MAX_CONNECTIONS", "3"),
+        ]))
+        .unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.server.tls.unwrap().key, PathBuf::from("s.key"));
+    assert_eq!(config.limits.max_connections, 3);
 }

@@ -14,7 +14,9 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Location, MessageFormatter, Spanned};
 
+use super::auth;
 use super::plugins::{self, Chains};
+use crate::auth::TokenEntry;
 use super::settings::{self, Setting};
 use super::{Assignment, ConfigError, Position};
 
@@ -122,6 +124,8 @@ pub(super) struct Document {
     pub primary_section: Option<(String, Position)>,
     /// The plugin chains the file sets.
     pub chains: Chains,
+    /// `auth.tokens`, when the file has it.
+    pub tokens: Option<Vec<TokenEntry>>,
 }
 
 fn position(location: Location) -> Position {
@@ -134,11 +138,28 @@ fn position(location: Location) -> Position {
 /// Parse `text` (named `file` in errors) into assignments, rejecting unknown keys and values
 /// of the wrong shape. Values are not parsed yet.
 pub(super) fn read(text: &str, file: &str) -> Result<Document, ConfigError> {
+    let root = tree(text, file)?;
+    let mut walker = Walker {
+        file,
+        doc: Document {
+            assignments: Vec::new(),
+            primary_section: None,
+            chains: Chains::default(),
+            tokens: None,
+        },
+    };
+    if let Some(root) = root {
+        walker.root(root)?;
+    }
+    Ok(walker.doc)
+}
+
+/// The YAML document in `text` as a located tree; `None` for an empty document.
+pub(super) fn tree(text: &str, file: &str) -> Result<Option<Spanned<Node>>, ConfigError> {
     let mut options = serde_saphyr::Options::default();
     // The error is re-rendered as one `file:line:col: message` line: no source excerpt.
     options.with_snippet = false;
-    let root: Option<Spanned<Node>> =
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
             let e = e.without_snippet();
             let message = match e {
                 // The library's wording suggests an option to the developer, not a fix to
@@ -156,19 +177,7 @@ pub(super) fn read(text: &str, file: &str) -> Result<Document, ConfigError> {
                 key: None,
                 message,
             }
-        })?;
-    let mut walker = Walker {
-        file,
-        doc: Document {
-            assignments: Vec::new(),
-            primary_section: None,
-            chains: Chains::default(),
-        },
-    };
-    if let Some(root) = root {
-        walker.root(root)?;
-    }
-    Ok(walker.doc)
+        })
 }
 
 /// A problem at `at` in `file`.
@@ -254,6 +263,8 @@ impl Walker<'_> {
                 self.leaf(child, key.referenced, setting, value)?;
             } else if settings::is_section(&child) {
                 self.mapping(child, value)?;
+            } else if path == "auth" && key.value == "tokens" {
+                self.doc.tokens = Some(auth::read_tokens(self.file, &child, value)?);
             } else if path == "plugins"
                 && plugins::read_chain(self.file, &mut self.doc.chains, &key, value)?
             {
@@ -304,6 +315,9 @@ fn keys_in(path: &str) -> Vec<&'static str> {
     let mut keys = settings::keys_in(Some(path));
     if path == "plugins" {
         keys.extend(plugins::CHAINS);
+    }
+    if path == "auth" {
+        keys.push("tokens");
     }
     keys
 }

@@ -148,7 +148,7 @@ impl Plugins {
             path: path.to_owned(),
             source,
         })?;
-        let sha256 = hex(&Sha256::digest(&bytes));
+        let sha256 = hex::encode(Sha256::digest(&bytes));
         let compiled = runtime.compile(name, &bytes)?;
         Ok(Version {
             compiled,
@@ -318,10 +318,6 @@ fn check_hook(name: &str, version: &Version, chain: &str) -> Result<(), LoadErro
         name: name.to_owned(),
         problem: format!("it is in the {chain} chain but does not export {hook}"),
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
