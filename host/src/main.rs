@@ -132,6 +132,9 @@ enum Command {
     /// Inspect the write-ahead log of a data directory (offline: changes nothing)
     #[command(subcommand)]
     Wal(WalCommand),
+    /// Make access tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Cut a damaged WAL at its first damage so the node can start again
     ///
     /// Everything from the damage on is lost (`wal verify` tells how much first). Refuses
@@ -193,6 +196,24 @@ enum PluginCommand {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new random token and the `auth.tokens` entry that lets it in
+    ///
+    /// The first line is the token: give it to its user, it is shown only now. The second is
+    /// the config entry, which holds only the token's SHA-256.
+    New {
+        /// What the token may do: read, write (and read), admin (everything), or replication
+        /// (what a replica needs)
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(wasmkv::auth::ROLES))]
+        role: String,
+        /// The name logs and errors give the token (default: ROLE-<first hex digits of its
+        /// SHA-256>)
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum WalCommand {
     /// Check every record of every segment, as start-up would, without cutting anything
     Verify {
@@ -234,13 +255,39 @@ struct NodeArgs {
         value_name = "DURATION"
     )]
     timeout: Duration,
+    /// CA certificate(s) that signed the node's certificate, PEM (default: the public web
+    /// PKI); with any TLS option, an address without a scheme means https://
+    #[arg(long, env = "WASMKV_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate for a node that requires mutual TLS, PEM
+    #[arg(long, env = "WASMKV_CERT", value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert, PEM
+    #[arg(long, env = "WASMKV_KEY", value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Verify the node's certificate against this name instead of the address's host
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// A file holding the bearer token to send (default: the WASMKV_TOKEN variable). There
+    /// is no --token: a command line is visible to every user of the machine
+    #[arg(long, env = "WASMKV_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 impl From<NodeArgs> for Target {
     fn from(args: NodeArgs) -> Self {
+        let tls = (args.ca.is_some() || args.cert.is_some() || args.server_name.is_some())
+            .then(|| wasmkv::tls::ClientTls {
+                ca: args.ca,
+                cert: args.cert,
+                key: args.key,
+                server_name: args.server_name,
+            });
         Target {
             addr: args.addr,
             timeout: args.timeout,
+            tls,
+            token_file: args.token_file,
         }
     }
 }
@@ -317,6 +364,7 @@ fn run(command: Command) -> Result<ExitCode> {
             values,
         }) => cli::offline::dump(&dir, from, limit, values),
         Command::Repair { dir } => cli::offline::repair(&dir),
+        Command::Token(TokenCommand::New { role, name }) => cli::token::new(&role, name),
     }
 }
 
@@ -360,7 +408,7 @@ fn serve(config_path: Option<&Path>, allow_full_resync_from_empty: bool) -> Resu
             tokio::select! {
                 _ = interrupt.recv() => break "SIGINT",
                 _ = terminate.recv() => break "SIGTERM",
-                _ = hangup.recv() => reload_plugins(&node, config_path).await,
+                _ = hangup.recv() => reload(&node, config_path).await,
             }
         };
         tracing::info!(signal = name, "shutting down");
@@ -374,19 +422,23 @@ fn serve(config_path: Option<&Path>, allow_full_resync_from_empty: bool) -> Resu
     })
 }
 
-/// SIGHUP: read the configuration again and replace the plugin chains with its own. Only the
-/// `plugins` section is applied; a bad file or plugin keeps the running chains.
-async fn reload_plugins(node: &wasmkv::node::NodeHandle, config_path: Option<&Path>) {
-    tracing::info!("SIGHUP: reloading the plugin chains");
-    let reloaded = match wasmkv::config::Config::load(config_path) {
-        Ok(config) => node
-            .reload_plugins(&config.plugins)
-            .await
-            .map_err(anyhow::Error::from),
-        Err(e) => Err(e.into()),
+/// SIGHUP: read the configuration again and replace the plugin chains and the accepted
+/// tokens with its own. Only the `plugins` and `auth` sections are applied; a bad file,
+/// plugin or token list keeps what is running.
+async fn reload(node: &wasmkv::node::NodeHandle, config_path: Option<&Path>) {
+    tracing::info!("SIGHUP: reloading the plugin chains and tokens");
+    let config = match wasmkv::config::Config::load(config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "the configuration was not reloaded; the running one stays");
+            return;
+        }
     };
-    if let Err(e) = reloaded {
+    if let Err(e) = node.reload_plugins(&config.plugins).await {
         tracing::error!(error = %format!("{e:#}"), "the plugin chains were not reloaded; the running ones stay");
+    }
+    if let Err(e) = node.reload_tokens(&config.auth) {
+        tracing::error!(error = %e, "the tokens were not reloaded; the running ones stay");
     }
 }
 

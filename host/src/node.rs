@@ -13,8 +13,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{ApiState, Limits, server};
-use crate::config::{Config, PluginsConfig};
+use crate::api::{ApiState, Limits, Security, server};
+use crate::auth::{Secret, TokenSet};
+use crate::client::ClientOptions;
+use crate::config::{AuthConfig, Config, ConfigError, PluginsConfig};
 use crate::plugins::{LoadError, Plugins};
 use crate::replication::{Replication, ReplicationError, ReplicationOptions};
 use crate::storage::EvictionPolicy;
@@ -27,6 +29,16 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "refusing to listen on {addr} without authentication: anyone who can reach it could \
+         read and write everything. Add auth tokens (`wasmkv token new`), listen on a loopback \
+         address, or set server.allow_insecure_remote: true if the network is trusted"
+    )]
+    InsecureRemote { addr: SocketAddr },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot open the store: {0}")]
     Store(#[from] ReplicationError),
     #[error("cannot load the plugins: {0}")]
@@ -51,6 +63,28 @@ impl Node {
             addr: listen,
             source,
         })?;
+        let tokens = token_set(&config.auth)?;
+        if tokens.is_none() && !config.server.allow_insecure_remote && !addr.ip().is_loopback() {
+            return Err(NodeError::InsecureRemote { addr });
+        }
+        if tokens.is_some() && config.server.tls.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "tokens travel in clear text: serve TLS (server.tls) on a network");
+        }
+        let server_options = server::ServerOptions {
+            tls: config.server.tls.as_ref().map(|t| t.server_config()).transpose()?,
+            max_connections: usize::try_from(config.limits.max_connections).unwrap_or(usize::MAX),
+            header_read_timeout: config.limits.header_read_timeout,
+            max_streams_per_connection: config.limits.max_streams_per_connection,
+        };
+        let link = ClientOptions {
+            tls: config.replication.tls.clone(),
+            token: read_secret(config.replication.token_file.as_deref())?,
+        };
+        // Fail now on link TLS files that cannot be used, not at the first reconnect.
+        crate::client::Client::with_options("localhost:1", &link).map_err(|e| match e {
+            crate::client::ClientError::Tls(e) => NodeError::Tls(e),
+            other => NodeError::Task(other.to_string()),
+        })?;
         let mut opts = config.db_options();
         let plugins = load_plugins(&config.plugins, &config.data_dir).await?;
         let builtin_eviction = (Arc::clone(&opts.eviction_policy), opts.eviction_samples);
@@ -58,17 +92,31 @@ impl Node {
             opts.eviction_policy = policy;
             opts.eviction_samples = sample;
         }
-        let state = Arc::new(ApiState::new(Limits {
-            max_key_bytes: config.limits.max_key_bytes as usize,
-            max_value_bytes: config.limits.max_value_bytes as usize,
-            max_request_bytes: config.limits.max_request_bytes as usize,
-        }));
+        let state = Arc::new(ApiState::new(
+            Limits {
+                max_key_bytes: config.limits.max_key_bytes as usize,
+                max_value_bytes: config.limits.max_value_bytes as usize,
+                max_request_bytes: config.limits.max_request_bytes as usize,
+                max_batch_keys: usize::try_from(config.limits.max_batch_keys).unwrap_or(usize::MAX),
+                body_read_timeout: config.limits.body_read_timeout,
+            },
+            Security {
+                tokens,
+                protect_metrics: config.auth.protect_metrics,
+                link_tls: config.replication.tls.clone(),
+            },
+        ));
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(server::serve(listener, Arc::clone(&state), async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(server::serve(
+            listener,
+            Arc::clone(&state),
+            server_options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         tracing::info!(%addr, dir = %opts.dir.display(), "listening; recovering the store");
-        let options = replication_options(&config, addr);
+        let options = replication_options(&config, addr, link);
         let store = Arc::clone(&state.store);
         let opened = tokio::task::spawn_blocking(move || {
             let root = opts.dir.clone();
@@ -146,6 +194,25 @@ impl NodeHandle {
         Ok(())
     }
 
+    /// Replace the accepted tokens with those of `auth` (SIGHUP: rotation, revocation). On an
+    /// error the running tokens stay. Turning authentication on or off takes a restart, since
+    /// it decides which addresses the node may listen on.
+    pub fn reload_tokens(&self, auth: &AuthConfig) -> Result<(), NodeError> {
+        let running = self.state.tokens.load();
+        match (running.as_ref(), token_set(auth)?) {
+            (Some(_), Some(tokens)) => {
+                tracing::info!(tokens = tokens.len(), "tokens reloaded");
+                self.state.tokens.store(Some(Arc::new(tokens)));
+                Ok(())
+            }
+            (None, None) => Ok(()),
+            _ => Err(NodeError::Config(ConfigError::Invalid {
+                key: "auth".into(),
+                message: "turning authentication on or off takes a restart".into(),
+            })),
+        }
+    }
+
     /// Stop accepting, let in-flight requests finish, then flush and fsync the WAL and
     /// release the data directory.
     pub async fn shutdown(self) -> Result<(), NodeError> {
@@ -169,7 +236,11 @@ impl NodeHandle {
 }
 
 /// The replication settings of `config`, for a node listening on `addr`.
-fn replication_options(config: &Config, addr: SocketAddr) -> ReplicationOptions {
+fn replication_options(
+    config: &Config,
+    addr: SocketAddr,
+    link: ClientOptions,
+) -> ReplicationOptions {
     let r = &config.replication;
     ReplicationOptions {
         primary: config.primary_address().map(str::to_owned),
@@ -188,7 +259,35 @@ fn replication_options(config: &Config, addr: SocketAddr) -> ReplicationOptions 
         allow_full_resync_from_empty: r.allow_full_resync_from_empty,
         backlog_max: r.backlog_max,
         backlog_max_age: r.backlog_max_age,
+        link,
     }
+}
+
+/// The tokens the node accepts, `None` when it has no `auth` section.
+fn token_set(auth: &AuthConfig) -> Result<Option<TokenSet>, NodeError> {
+    Ok(if auth.is_enabled() {
+        Some(auth.token_set()?)
+    } else {
+        None
+    })
+}
+
+/// The secret in `path` (surrounding whitespace dropped), if a path is given.
+fn read_secret(path: Option<&Path>) -> Result<Option<Secret>, NodeError> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "replication.token_file".into(),
+            message: format!("{} is empty; it should hold the replication token", path.display()),
+        }
+        .into());
+    }
+    Ok(Some(Secret::new(token.to_owned())))
 }
 
 /// The plugins the config's chains name, compiled (or taken from the cache in the data

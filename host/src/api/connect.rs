@@ -104,8 +104,9 @@ pub fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, ConnectError> {
         })
 }
 
-/// Read a request body of at most `limit` bytes. A declared `Content-Length` over the limit
-/// is refused before anything is read; otherwise reading stops as soon as the limit is passed.
+/// Read a request body of at most `limit` bytes (the setting `limits.<limit_name>`). A
+/// declared `Content-Length` over the limit is refused before anything is read; otherwise
+/// reading stops as soon as the limit is passed.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
@@ -115,7 +116,7 @@ pub async fn read_body(
     let too_large = || {
         ConnectError::new(
             Code::ResourceExhausted,
-            format!("request body exceeds {limit} bytes ({limit_name})"),
+            format!("request body exceeds {limit} bytes (limits.{limit_name})"),
         )
     };
     let declared = headers

@@ -72,6 +72,7 @@ pub async fn multi_get(
     state: &Arc<ApiState>,
     req: MultiGetRequest,
 ) -> Result<MultiGetResponse, ConnectError> {
+    state.limits.check_batch(req.keys.len(), &state.metrics)?;
     for key in &req.keys {
         state.limits.check_key(key)?;
     }
@@ -151,6 +152,9 @@ pub async fn write(
             "a write needs at least one mutation",
         ));
     }
+    state
+        .limits
+        .check_batch(req.mutations.len(), &state.metrics)?;
     let mut total = 0usize;
     let mutations = req
         .mutations

@@ -8,7 +8,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -28,10 +28,23 @@ struct ErrorLabels {
     code: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     latency: Family<MethodLabels, Histogram>,
     errors: Family<ErrorLabels, Counter>,
+    refusals: Family<LimitLabels, Counter>,
+    auth_failures: Family<AuthLabels, Counter>,
+    connections: Gauge,
 }
 
 impl Metrics {
@@ -57,6 +70,24 @@ impl Metrics {
             "Requests answered with an error, by method and Connect code",
             errors.clone(),
         );
+        let refusals = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "limit_refusals",
+            "Connections and requests refused by an abuse limit (limits.*), by limit",
+            refusals.clone(),
+        );
+        let auth_failures = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused for their token: missing, invalid, or forbidden (wrong role)",
+            auth_failures.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections.clone(),
+        );
         registry.register_collector(Box::new(ReplicationCollector {
             store: Arc::clone(&store),
             replication,
@@ -67,7 +98,26 @@ impl Metrics {
             registry,
             latency,
             errors,
+            refusals,
+            auth_failures,
+            connections,
         }
+    }
+
+    /// A connection or request refused by the limit `limits.<limit>`.
+    pub fn refused(&self, limit: &'static str) {
+        self.refusals.get_or_create(&LimitLabels { limit }).inc();
+    }
+
+    /// A request refused for its token (`missing`, `invalid`, `forbidden`).
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures.get_or_create(&AuthLabels { reason }).inc();
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.connections.inc();
+        ConnectionGuard(self.connections.clone())
     }
 
     pub fn observe(&self, method: &'static str, elapsed: Duration, error: Option<Code>) {
@@ -89,6 +139,15 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// An open connection, counted in `wasmkv_connections_open` while it lives.
+pub struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

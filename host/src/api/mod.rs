@@ -2,6 +2,7 @@
 //! routes, health and metrics. Nothing below this module knows about HTTP.
 
 mod admin;
+pub mod auth;
 pub mod codec;
 pub mod connect;
 pub mod error;
@@ -16,4 +17,4 @@ mod watch;
 
 pub use codec::{Codec, WireMessage};
 pub use error::{Code, ConnectError};
-pub use state::{ApiState, Limits};
+pub use state::{ApiState, Limits, Security};

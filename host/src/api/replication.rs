@@ -15,7 +15,8 @@ use super::proto::{
 };
 use super::state::ApiState;
 use super::watch::stream_response;
-use crate::client::Client;
+use crate::auth::Secret;
+use crate::client::{Client, ClientError, ClientOptions};
 use crate::replication::{Outbox, ReplicationError, serve_subscription};
 
 /// `Replication/Subscribe`: stream this primary's data and log to a replica.
@@ -66,14 +67,17 @@ pub async fn ack(state: &Arc<ApiState>, req: AckRequest) -> Result<AckResponse, 
     Ok(AckResponse {})
 }
 
-/// `Admin/AddReplica`: tell the node at `address` to follow this primary.
+/// `Admin/AddReplica`: tell the node at `address` to follow this primary. The caller's
+/// token (`admin` here) is presented to that node, which must accept it as `admin` too: the
+/// operator changing the cluster is the one asking both nodes.
 pub async fn add_replica(
     state: &Arc<ApiState>,
     req: AddReplicaRequest,
+    token: Option<&str>,
 ) -> Result<AddReplicaResponse, ConnectError> {
     state.check_primary()?;
     let primary = state.replication()?.advertise().to_owned();
-    tell_to_follow(&req.address, primary).await?;
+    tell_to_follow(state, &req.address, primary, token).await?;
     Ok(AddReplicaResponse {})
 }
 
@@ -81,28 +85,43 @@ pub async fn add_replica(
 pub async fn remove_replica(
     state: &Arc<ApiState>,
     req: RemoveReplicaRequest,
+    token: Option<&str>,
 ) -> Result<RemoveReplicaResponse, ConnectError> {
     state.check_primary()?;
-    tell_to_follow(&req.address, String::new()).await?;
+    tell_to_follow(state, &req.address, String::new(), token).await?;
     state.replication()?.registry().forget(&req.address);
     Ok(RemoveReplicaResponse {})
 }
 
-async fn tell_to_follow(address: &str, primary: String) -> Result<(), ConnectError> {
+async fn tell_to_follow(
+    state: &ApiState,
+    address: &str,
+    primary: String,
+    token: Option<&str>,
+) -> Result<(), ConnectError> {
     if address.is_empty() {
         return Err(ConnectError::invalid_argument(
             "address is required: the host:port of the node",
         ));
     }
-    let client = Client::new(address)
+    let options = ClientOptions {
+        tls: state.link_tls.clone(),
+        token: token.map(|t| Secret::new(t.to_owned())),
+    };
+    let client = Client::with_options(address, &options)
         .map_err(|e| ConnectError::invalid_argument(e.to_string()))?
         .with_timeout(std::time::Duration::from_secs(10));
     client
         .call::<_, FollowResponse>("kvstore.v1.Admin/Follow", &FollowRequest { primary })
         .await
         .map_err(|e| {
+            // The node's own refusal (a token it does not take) keeps its code.
+            let code = match &e {
+                ClientError::Rpc(e) => e.code,
+                _ => Code::Unavailable,
+            };
             ConnectError::new(
-                Code::Unavailable,
+                code,
                 format!("the node at {address} did not accept the change: {e}"),
             )
         })?;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::connect::{ResponseBody, full, read_body};
+use super::connect::{ResponseBody, full};
 use super::error::{Code, ConnectError};
 use super::kv;
 use super::proto::{DeleteRequest, GetRequest, SetRequest};
@@ -51,13 +51,9 @@ pub async fn kv_route(
         }
         Method::PUT | Method::POST => {
             let ttl = ttl_param(query)?;
-            let value = read_body(
-                headers,
-                body,
-                state.limits.max_value_bytes,
-                "limits.max_value_bytes",
-            )
-            .await?;
+            let value = state
+                .read_body(headers, body, state.limits.max_value_bytes, "max_value_bytes")
+                .await?;
             let set = kv::set(
                 state,
                 SetRequest {

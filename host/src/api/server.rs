@@ -1,36 +1,109 @@
-//! The HTTP server: accepts connections (HTTP/1.1 and cleartext HTTP/2 on one port), routes
-//! each request, records its latency and outcome, and shuts down gracefully.
+//! The HTTP server: accepts connections (HTTP/1.1 and HTTP/2 on one port, in clear or over
+//! TLS), enforces the connection limits, authorizes and routes each request, records its
+//! latency and outcome, and shuts down gracefully.
+//!
+//! Abuse limits act before a request costs anything: a connection over
+//! `limits.max_connections` gets one `resource_exhausted` answer and is closed; a
+//! connection must send its first bytes, finish its TLS handshake and send each request's
+//! headers within `limits.header_read_timeout` (slow-loris); HTTP/2 connections carry at
+//! most `limits.max_streams_per_connection` requests at once.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
+use super::auth;
 use super::codec::WireMessage;
 use super::connect::{self, ResponseBody};
 use super::error::{Code, ConnectError};
 use super::state::ApiState;
 use super::{admin, kv, replication, rest, watch};
+use crate::auth::Access;
 
 /// How long shutdown waits for in-flight requests before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection refused for a limit is kept to deliver the refusal.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+/// Most refusals being delivered at once; past it, connections are closed unanswered, so a
+/// flood of connections cannot turn refusals into the resource it exhausts.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// How the listener treats connections.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Serve TLS with this configuration (ALPN offers h2 and http/1.1).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Most connections open at once; 0 = no limit.
+    pub max_connections: usize,
+    /// Time allowed for a connection's first bytes, its TLS handshake, and each request's
+    /// headers.
+    pub header_read_timeout: Duration,
+    /// Most concurrent requests on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            tls: None,
+            max_connections: 0,
+            header_read_timeout: Duration::from_secs(10),
+            max_streams_per_connection: 256,
+        }
+    }
+}
+
+/// What every connection task needs.
+struct Listener {
+    state: Arc<ApiState>,
+    http: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
 
 /// Serve `listener` until `shutdown` completes, then stop accepting and let in-flight
 /// requests finish.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ApiState>,
+    options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(options.max_streams_per_connection)
+        // Finds peers that vanished without closing, so their streams and slot are freed.
+        .keep_alive_interval(Duration::from_secs(30));
+    let shared = Arc::new(Listener {
+        state: Arc::clone(&state),
+        http,
+        tls: options.tls.map(TlsAcceptor::from),
+        header_read_timeout: options.header_read_timeout,
+        max_connections: options.max_connections,
+    });
+    let slots = (options.max_connections > 0).then(|| Arc::new(Semaphore::new(options.max_connections)));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -47,20 +120,29 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let service = service_fn(move |req| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(state, req).await) }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let shared = Arc::clone(&shared);
+        let watcher = graceful.watcher();
+        let slot = slots.as_ref().map(|s| Arc::clone(s).try_acquire_owned());
+        match slot {
+            None | Some(Ok(_)) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let _open = shared.state.metrics.connection_opened();
+                    shared.connection(stream, peer, watcher, false).await;
+                });
             }
-        });
+            Some(Err(_)) => {
+                state.metrics.refused("max_connections");
+                let Ok(refusing) = Arc::clone(&refusals).try_acquire_owned() else {
+                    continue; // Dropped unanswered: already answering enough refusals.
+                };
+                tokio::spawn(async move {
+                    let _refusing = refusing;
+                    let refusal = shared.connection(stream, peer, watcher, true);
+                    let _ = tokio::time::timeout(REFUSAL_TIME, refusal).await;
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {
@@ -71,38 +153,150 @@ pub async fn serve(
     }
 }
 
+impl Listener {
+    /// Serve one accepted connection: wait for its first bytes, do the TLS handshake if this
+    /// is a TLS listener, then HTTP. With `refuse`, every request on it is answered with the
+    /// `max_connections` refusal.
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        watcher: Watcher,
+        refuse: bool,
+    ) {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(self.header_read_timeout, stream.peek(&mut first)).await {
+            Ok(Ok(1)) => {}
+            Ok(_) => return, // Closed before sending anything.
+            Err(_) => {
+                self.state.metrics.refused("header_read_timeout");
+                tracing::debug!(%peer, "closed: sent nothing within limits.header_read_timeout");
+                return;
+            }
+        }
+        let Some(acceptor) = self.tls.clone() else {
+            return self.http(TokioIo::new(stream), peer, watcher, refuse).await;
+        };
+        if first[0] != TLS_HANDSHAKE_RECORD {
+            return plaintext_to_tls_port(stream).await;
+        }
+        match tokio::time::timeout(self.header_read_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => self.http(TokioIo::new(tls), peer, watcher, refuse).await,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => {
+                self.state.metrics.refused("header_read_timeout");
+                tracing::debug!(%peer, "closed: TLS handshake not done within limits.header_read_timeout");
+            }
+        }
+    }
+
+    async fn http<I>(self: Arc<Self>, io: I, peer: SocketAddr, watcher: Watcher, refuse: bool)
+    where
+        I: Read + Write + Unpin + Send + 'static,
+    {
+        let state = Arc::clone(&self.state);
+        let max_connections = self.max_connections;
+        let service = service_fn(move |req| {
+            let state = Arc::clone(&state);
+            async move {
+                Ok::<_, Infallible>(if refuse {
+                    connect::error_response(&too_many_connections(max_connections))
+                } else {
+                    handle(state, req).await
+                })
+            }
+        });
+        let connection = self.http.serve_connection_with_upgrades(io, service);
+        if let Err(e) = watcher.watch(connection.into_owned()).await {
+            if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                self.state.metrics.refused("header_read_timeout");
+            }
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+fn too_many_connections(max: usize) -> ConnectError {
+    ConnectError::new(
+        Code::ResourceExhausted,
+        format!(
+            "the node has {max} connections open, its limit (limits.max_connections); retry \
+             later or reuse connections"
+        ),
+    )
+}
+
+/// Answer a plain-HTTP request sent to the TLS port in plain HTTP, as Go's servers do, so
+/// the caller reads why instead of a failed handshake; then close.
+async fn plaintext_to_tls_port(mut stream: TcpStream) {
+    let body = ConnectError::invalid_argument(
+        "this port serves TLS: call it with https:// (giving the CA that signed the node's \
+         certificate, e.g. --ca, unless it is publicly trusted)",
+    )
+    .to_json();
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await?;
+        // Read what the client sent before closing, or the kernel resets the connection
+        // and the client may never read the answer.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIME, answer).await;
+}
+
 async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<ResponseBody> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
+    let headers = &parts.headers;
     let (method_name, result) = match (&parts.method, path) {
         (&Method::POST, "/kvstore.v1.KVStore/Watch") => (
             "Watch",
-            stream_rpc(&state, &parts.headers, body, false).await,
+            authorized(&state, headers, "Watch", stream_rpc(&state, headers, body, false)).await,
         ),
         (&Method::POST, "/kvstore.v1.Replication/Subscribe") => (
             "Subscribe",
-            stream_rpc(&state, &parts.headers, body, true).await,
+            authorized(&state, headers, "Subscribe", stream_rpc(&state, headers, body, true))
+                .await,
         ),
         (&Method::POST, p) if p.starts_with("/kvstore.v1.") => {
             let name = rpc_name(p);
-            (name, rpc(&state, name, &parts.headers, body).await)
-        }
-        (_, p) if p.starts_with(rest::KV_PREFIX) => (
-            "rest",
-            rest::kv_route(
-                &state,
-                &parts.method,
-                p,
-                parts.uri.query(),
-                &parts.headers,
-                body,
+            (
+                name,
+                authorized(&state, headers, name, rpc(&state, name, headers, body)).await,
             )
-            .await,
+        }
+        (method, p) if p.starts_with(rest::KV_PREFIX) => (
+            "rest",
+            match auth::authorize(&state, headers, auth::rest_access(method), "this call") {
+                Ok(()) => {
+                    let query = parts.uri.query();
+                    rest::kv_route(&state, method, p, query, headers, body).await
+                }
+                Err(e) => Err(e),
+            },
         ),
         (&Method::GET, "/healthz") => return rest::healthz(),
         (&Method::GET, "/readyz") => return rest::readyz(&state),
-        (&Method::GET, "/metrics") => return rest::metrics(&state),
+        (&Method::GET, "/metrics") => {
+            let allowed = if state.protect_metrics {
+                auth::authorize(&state, headers, Access::Read, "/metrics")
+            } else {
+                Ok(())
+            };
+            return match allowed {
+                Ok(()) => rest::metrics(&state),
+                Err(e) => connect::error_response(&e),
+            };
+        }
         _ => {
             return rest::text(
                 StatusCode::NOT_FOUND,
@@ -114,6 +308,17 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Respon
     let response = result.unwrap_or_else(|e| connect::error_response(&e));
     state.metrics.observe(method_name, started.elapsed(), code);
     response
+}
+
+/// Run `call` if the request's token grants what the method `name` needs.
+async fn authorized(
+    state: &ApiState,
+    headers: &http::HeaderMap,
+    name: &str,
+    call: impl Future<Output = Result<Response<ResponseBody>, ConnectError>>,
+) -> Result<Response<ResponseBody>, ConnectError> {
+    auth::authorize(state, headers, auth::rpc_access(name), name)?;
+    call.await
 }
 
 /// The metric label of an RPC path: a fixed set, so a client cannot grow the label space.
@@ -177,8 +382,14 @@ async fn rpc(
             "Status" => unary(codec, &body, |r| admin::status(state, r)).await,
             "Digest" => unary(codec, &body, |r| admin::digest(state, r)).await,
             "Snapshot" => unary(codec, &body, |r| admin::snapshot(state, r)).await,
-            "AddReplica" => unary(codec, &body, |r| replication::add_replica(state, r)).await,
-            "RemoveReplica" => unary(codec, &body, |r| replication::remove_replica(state, r)).await,
+            "AddReplica" => {
+                let token = auth::bearer(headers);
+                unary(codec, &body, |r| replication::add_replica(state, r, token)).await
+            }
+            "RemoveReplica" => {
+                let token = auth::bearer(headers);
+                unary(codec, &body, |r| replication::remove_replica(state, r, token)).await
+            }
             "Promote" => unary(codec, &body, |r| replication::promote(state, r)).await,
             "Follow" => unary(codec, &body, |r| replication::follow(state, r)).await,
             "Ack" => unary(codec, &body, |r| replication::ack(state, r)).await,
@@ -207,13 +418,9 @@ async fn read_request(
     headers: &http::HeaderMap,
     body: Incoming,
 ) -> Result<bytes::Bytes, ConnectError> {
-    connect::read_body(
-        headers,
-        body,
-        state.limits.max_request_bytes,
-        "limits.max_request_bytes",
-    )
-    .await
+    state
+        .read_body(headers, body, state.limits.max_request_bytes, "max_request_bytes")
+        .await
 }
 
 /// A server-streaming call: one enveloped request in, envelopes out until end-of-stream.

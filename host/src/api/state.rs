@@ -2,22 +2,27 @@
 //! metrics.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
 use super::error::{Code, ConnectError};
 use super::metrics::Metrics;
+use crate::auth::TokenSet;
 use crate::db::{Db, DbError};
 use crate::plugins::{Plugins, WriteCheck};
 use crate::replication::{Replication, StoreSlot};
 
-/// Request size limits, checked before a request reaches the store.
+/// Request limits, checked before a request reaches the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_request_bytes: usize,
+    /// Most keys in one `MultiGet` or `Write`.
+    pub max_batch_keys: usize,
+    /// How long a request body may take to arrive.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -26,8 +31,22 @@ impl Default for Limits {
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
             max_request_bytes: 8 << 20,
+            max_batch_keys: 10_000,
+            body_read_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// Who may call the node, and how it calls others.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// The accepted tokens; `None` = no authentication.
+    pub tokens: Option<TokenSet>,
+    /// Whether `/metrics` needs a token.
+    pub protect_metrics: bool,
+    /// TLS of the connections this node makes to other nodes (`AddReplica` tells the new
+    /// replica to follow).
+    pub link_tls: Option<crate::tls::ClientTls>,
 }
 
 impl Limits {
@@ -45,6 +64,22 @@ impl Limits {
             )));
         }
         Ok(())
+    }
+
+    /// A batch (`MultiGet`, `Write`) of `len` keys is within `max_batch_keys`.
+    pub fn check_batch(&self, len: usize, metrics: &Metrics) -> Result<(), ConnectError> {
+        if len <= self.max_batch_keys {
+            return Ok(());
+        }
+        metrics.refused("max_batch_keys");
+        Err(ConnectError::new(
+            Code::ResourceExhausted,
+            format!(
+                "the batch has {len} keys; the limit is {} per request (limits.max_batch_keys): \
+                 split it",
+                self.max_batch_keys
+            ),
+        ))
     }
 
     pub fn check_value(&self, value: &[u8]) -> Result<(), ConnectError> {
@@ -68,6 +103,11 @@ pub struct ApiState {
     /// The node's plugins, when its config names any; replaced whole by a reload (SIGHUP).
     pub plugins: Arc<ArcSwapOption<Plugins>>,
     pub limits: Limits,
+    /// The accepted tokens (`None` = no authentication); replaced whole on SIGHUP.
+    pub tokens: ArcSwapOption<TokenSet>,
+    pub protect_metrics: bool,
+    /// See [`Security::link_tls`].
+    pub link_tls: Option<crate::tls::ClientTls>,
     pub metrics: Metrics,
     pub started: Instant,
     /// Set when the node begins shutting down, so long-lived streams end promptly.
@@ -75,7 +115,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, security: Security) -> Self {
         let store = Arc::new(StoreSlot::empty());
         let replication = Arc::new(OnceLock::new());
         let plugins = Arc::new(ArcSwapOption::empty());
@@ -89,6 +129,9 @@ impl ApiState {
             replication,
             plugins,
             limits,
+            tokens: ArcSwapOption::new(security.tokens.map(Arc::new)),
+            protect_metrics: security.protect_metrics,
+            link_tls: security.link_tls,
             started: Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),
         }
@@ -115,6 +158,37 @@ impl ApiState {
 
     pub fn replication(&self) -> Result<&Arc<Replication>, ConnectError> {
         self.replication.get().ok_or_else(recovering)
+    }
+
+    /// A request body of at most `max` bytes (the setting `limits.<limit>`), arriving within
+    /// `limits.body_read_timeout`. Refusals are counted by limit.
+    pub async fn read_body(
+        &self,
+        headers: &http::HeaderMap,
+        body: hyper::body::Incoming,
+        max: usize,
+        limit: &'static str,
+    ) -> Result<bytes::Bytes, ConnectError> {
+        let timeout = self.limits.body_read_timeout;
+        let read = super::connect::read_body(headers, body, max, limit);
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Err(e)) if e.code == Code::ResourceExhausted => {
+                self.metrics.refused(limit);
+                Err(e)
+            }
+            Ok(read) => read,
+            Err(_) => {
+                self.metrics.refused("body_read_timeout");
+                Err(ConnectError::new(
+                    Code::DeadlineExceeded,
+                    format!(
+                        "the request body did not arrive within {} (limits.body_read_timeout); \
+                         nothing was done",
+                        humantime::format_duration(timeout)
+                    ),
+                ))
+            }
+        }
     }
 
     /// Run the validate chain on one write: a veto is `permission_denied` with its reason.

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod offline;
 pub mod plugin;
 pub mod remote;
+pub mod token;
 
 /// An error and its causes on one line, joined by ": ". A cause whose text is already part
 /// of the line is skipped: many errors (ours and the standard library's) repeat their source

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,19 +11,42 @@ use anyhow::{Context, Result};
 use prost_reflect::{ReflectMessage, SerializeOptions};
 
 use wasmkv::api::proto::{Entry, Op, PromoteResponse, StatusResponse};
-use wasmkv::client::{Client, SetOptions};
+use wasmkv::auth::Secret;
+use wasmkv::client::{Client, ClientOptions, SetOptions};
+use wasmkv::tls::ClientTls;
 
 use super::escape;
 
-/// The node a command talks to and how long it waits for it.
+/// The node a command talks to, how, and how long it waits for it.
 pub struct Target {
     pub addr: String,
     pub timeout: Duration,
+    pub tls: Option<ClientTls>,
+    /// Where the bearer token is; `None` = the `WASMKV_TOKEN` variable, if set.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Target {
     pub(super) fn client(&self) -> Result<Client> {
-        Ok(Client::new(&self.addr)?.with_timeout(self.timeout))
+        let options = ClientOptions {
+            tls: self.tls.clone(),
+            token: self.token()?,
+        };
+        Ok(Client::with_options(&self.addr, &options)?.with_timeout(self.timeout))
+    }
+
+    fn token(&self) -> Result<Option<Secret>> {
+        let token = match &self.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?,
+            None => match std::env::var("WASMKV_TOKEN") {
+                Ok(token) => token,
+                Err(std::env::VarError::NotPresent) => return Ok(None),
+                Err(e) => anyhow::bail!("WASMKV_TOKEN: {e}"),
+            },
+        };
+        let token = token.trim();
+        Ok((!token.is_empty()).then(|| Secret::new(token.to_owned())))
     }
 }
 

@@ -20,7 +20,7 @@ use super::identity::History;
 use crate::api::proto::{
     AckRequest, AckResponse, PrimaryLinkStatus, StreamEvent, SubscribeRequest, SubscribeResponse,
 };
-use crate::client::{Client, ClientError, ServerStream};
+use crate::client::{Client, ClientError, ClientOptions, ServerStream};
 use crate::clock::now_ms;
 use crate::db::{Db, DbError};
 use crate::storage::SnapshotEntry;
@@ -45,6 +45,8 @@ pub struct FollowConfig {
     /// An operator told this node to follow `primary` (`AddReplica`/`Follow`): its first sync
     /// may replace whatever the node held. Cleared once a sync succeeds.
     pub adopt: bool,
+    /// TLS and the `replication` token to present to the primary.
+    pub link: ClientOptions,
 }
 
 /// Why one attempt to follow ended.
@@ -163,7 +165,7 @@ async fn follow_once(
 ) -> Result<(), FollowError> {
     let mut db = shared.db().ok_or(FollowError::Stopped)?;
     let history = shared.history.lock().clone();
-    let client = Client::new(&config.primary)?;
+    let client = Client::with_options(&config.primary, &config.link)?;
     let request = SubscribeRequest {
         replication_id: history.replication_id.clone(),
         from_lsn: db.applied_lsn(),

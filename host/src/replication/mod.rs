@@ -52,6 +52,8 @@ pub struct ReplicationOptions {
     pub backlog_max: u64,
     /// How long a disconnected replica keeps holding the log back.
     pub backlog_max_age: Duration,
+    /// TLS and credentials of the link to a primary.
+    pub link: crate::client::ClientOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +235,7 @@ impl Replication {
             ack_interval: self.options.ack_interval,
             allow_full_resync_from_empty: self.options.allow_full_resync_from_empty,
             adopt,
+            link: self.options.link.clone(),
         };
         if let Some(db) = self.shared.db() {
             db.set_active_expiry(false);
