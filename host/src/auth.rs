@@ -239,7 +239,10 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
         let digest = sha256_hex(&a);
-        assert_eq!(parse_sha256(&digest.to_uppercase()).unwrap(), parse_sha256(&digest).unwrap());
+        assert_eq!(
+            parse_sha256(&digest.to_uppercase()).unwrap(),
+            parse_sha256(&digest).unwrap()
+        );
         assert!(parse_sha256("abc").is_err());
         assert!(parse_sha256(&"zz".repeat(32)).is_err());
     }

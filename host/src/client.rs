@@ -31,8 +31,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client as HttpClient;
 use hyper_rustls::{DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector};
+use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
@@ -189,7 +189,11 @@ impl Client {
     /// A client of the node at `base` using `options`. With TLS options, `host:port` means
     /// `https://host:port`; an `https://` address without them trusts the public web PKI.
     pub fn with_options(base: &str, options: &ClientOptions) -> Result<Client, ClientError> {
-        let default_scheme = if options.tls.is_some() { "https" } else { "http" };
+        let default_scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let base = normalize_base_with(base, default_scheme)?;
         let tls = options.tls.clone().unwrap_or_default();
         let mut http = HttpConnector::new();
@@ -205,10 +209,18 @@ impl Client {
                 false,
                 Arc::new(FixedServerNameResolver::new(name)),
             ),
-            None => HttpsConnector::new(http, tls_config, false, Arc::new(DefaultServerNameResolver::default())),
+            None => HttpsConnector::new(
+                http,
+                tls_config,
+                false,
+                Arc::new(DefaultServerNameResolver::default()),
+            ),
         };
         let http = HttpClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Shorter than a node's default limits.header_read_timeout (10 s), after which
+            // it closes an idle connection: the client lets go first, rather than sending a
+            // call on a connection just as the node closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build(connector);
         let authorization = options
             .token
@@ -840,13 +852,7 @@ mod tests {
             Client::with_options("node:8443", &tls).unwrap().base(),
             "https://node:8443"
         );
-        for input in [
-            "ftp://x:1",
-            "http://",
-            "",
-            "http://x:1/?a=b",
-            "x y",
-        ] {
+        for input in ["ftp://x:1", "http://", "", "http://x:1/?a=b", "x y"] {
             let err = Client::new(input).unwrap_err();
             assert!(
                 matches!(err, ClientError::BadAddress { .. }),

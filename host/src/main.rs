@@ -260,11 +260,17 @@ struct NodeArgs {
     #[arg(long, env = "WASMKV_CA", value_name = "FILE")]
     ca: Option<PathBuf>,
     /// Client certificate for a node that requires mutual TLS, PEM
-    #[arg(long, env = "WASMKV_CERT", value_name = "FILE", requires = "key")]
+    #[arg(long, env = "WASMKV_CERT", value_name = "FILE", requires = "tls_key")]
     cert: Option<PathBuf>,
     /// The private key of --cert, PEM
-    #[arg(long, env = "WASMKV_KEY", value_name = "FILE", requires = "cert")]
-    key: Option<PathBuf>,
+    #[arg(
+        id = "tls_key",
+        long = "key",
+        env = "WASMKV_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    tls_key: Option<PathBuf>,
     /// Verify the node's certificate against this name instead of the address's host
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
@@ -277,10 +283,10 @@ struct NodeArgs {
 impl From<NodeArgs> for Target {
     fn from(args: NodeArgs) -> Self {
         let tls = (args.ca.is_some() || args.cert.is_some() || args.server_name.is_some())
-            .then(|| wasmkv::tls::ClientTls {
+            .then_some(wasmkv::tls::ClientTls {
                 ca: args.ca,
                 cert: args.cert,
-                key: args.key,
+                key: args.tls_key,
                 server_name: args.server_name,
             });
         Target {

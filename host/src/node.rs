@@ -71,7 +71,12 @@ impl Node {
             tracing::warn!(%addr, "tokens travel in clear text: serve TLS (server.tls) on a network");
         }
         let server_options = server::ServerOptions {
-            tls: config.server.tls.as_ref().map(|t| t.server_config()).transpose()?,
+            tls: config
+                .server
+                .tls
+                .as_ref()
+                .map(|t| t.server_config())
+                .transpose()?,
             max_connections: usize::try_from(config.limits.max_connections).unwrap_or(usize::MAX),
             header_read_timeout: config.limits.header_read_timeout,
             max_streams_per_connection: config.limits.max_streams_per_connection,
@@ -283,7 +288,10 @@ fn read_secret(path: Option<&Path>) -> Result<Option<Secret>, NodeError> {
     if token.is_empty() {
         return Err(ConfigError::Invalid {
             key: "replication.token_file".into(),
-            message: format!("{} is empty; it should hold the replication token", path.display()),
+            message: format!(
+                "{} is empty; it should hold the replication token",
+                path.display()
+            ),
         }
         .into());
     }

@@ -103,10 +103,12 @@ impl ServerTls {
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let builder = match &self.client_ca {
             Some(ca) => {
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(roots("client CA", ca)?.into(), provider())
-                        .build()
-                        .map_err(|e| TlsError::Config(format!("client CA: {e}")))?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    roots("client CA", ca)?.into(),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| TlsError::Config(format!("client CA: {e}")))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),

@@ -41,7 +41,9 @@ use wasmkv::api::proto::{
     RemoveReplicaResponse, ReplicaStatus, SetRequest, StatusResponse, WriteRequest,
 };
 use wasmkv::api::{Code, Codec, ConnectError, WireMessage};
-use wasmkv::client::{Client, ClientError, SetOptions, error_from_response, normalize_base};
+use wasmkv::client::{
+    Client, ClientError, ClientOptions, SetOptions, error_from_response, normalize_base,
+};
 
 use crate::ChildGuard;
 
@@ -221,6 +223,11 @@ pub struct NodeConfig {
     pub args: Vec<String>,
     /// Extra environment variables (the test's own `WASMKV_*` variables are never passed on).
     pub env: Vec<(String, String)>,
+    /// More YAML lines per top-level section (`server`, `limits`, `auth`, ...), written as
+    /// given under the section's key.
+    pub extra: Vec<(String, Vec<String>)>,
+    /// How the harness's own client reaches the node (TLS, token).
+    pub client: ClientOptions,
 }
 
 impl Default for NodeConfig {
@@ -237,6 +244,8 @@ impl Default for NodeConfig {
             allow_full_resync_from_empty: None,
             args: Vec::new(),
             env: Vec::new(),
+            extra: Vec::new(),
+            client: ClientOptions::default(),
         }
     }
 }
@@ -294,6 +303,31 @@ impl NodeConfig {
         self
     }
 
+    /// Add `lines` (indented as they are to sit under it) to the YAML section `section`.
+    pub fn yaml_in(mut self, section: &str, lines: &[&str]) -> NodeConfig {
+        self.extra.push((
+            section.to_owned(),
+            lines.iter().map(|l| (*l).to_owned()).collect(),
+        ));
+        self
+    }
+
+    /// The harness's client of this node uses `options` (TLS, token).
+    pub fn client_options(mut self, options: ClientOptions) -> NodeConfig {
+        self.client = options;
+        self
+    }
+
+    /// The extra lines of `section`, each indented by two spaces.
+    fn extra_lines(&self, section: &str) -> String {
+        self.extra
+            .iter()
+            .filter(|(s, _)| s == section)
+            .flat_map(|(_, lines)| lines)
+            .map(|line| format!("  {line}\n"))
+            .collect()
+    }
+
     /// Add a command-line argument after `serve --config FILE`.
     pub fn arg(mut self, arg: &str) -> NodeConfig {
         self.args.push(arg.into());
@@ -308,6 +342,7 @@ impl NodeConfig {
             data_dir.display().to_string(),
             self.sync
         );
+        yaml = yaml.replace("wal:\n", &format!("{}wal:\n", self.extra_lines("server")));
         if self.sync == "interval" {
             yaml.push_str("  sync_interval: 100ms\n");
         }
@@ -331,6 +366,7 @@ impl NodeConfig {
         if let Some(allow) = self.allow_full_resync_from_empty {
             replication.push_str(&format!("  allow_full_resync_from_empty: {allow}\n"));
         }
+        replication.push_str(&self.extra_lines("replication"));
         if !replication.is_empty() {
             yaml.push_str("replication:\n");
             yaml.push_str(&replication);
@@ -340,6 +376,12 @@ impl NodeConfig {
                 "primary:\n  address: {primary:?}\n  sync_interval: {}\n",
                 self.primary_sync_interval
             ));
+        }
+        for section in ["limits", "auth"] {
+            let lines = self.extra_lines(section);
+            if !lines.is_empty() {
+                yaml.push_str(&format!("{section}:\n{lines}"));
+            }
         }
         yaml.push_str("log:\n  level: info\n");
         yaml
@@ -473,7 +515,12 @@ impl NodeProcess {
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        let scheme = if self.config.client.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr())
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -488,8 +535,20 @@ impl NodeProcess {
         self.dir.path().join("node.log")
     }
 
-    fn config_path(&self) -> PathBuf {
+    /// The YAML file the node was started with (rewritten at every start).
+    pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("node.yaml")
+    }
+
+    /// Send `signal` to the running process (SIGHUP to reload, for one).
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let child = self
+            .child
+            .as_ref()
+            .unwrap_or_else(|| self.fail("signal: the node is not running"));
+        let pid = rustix::process::Pid::from_child(&child.0);
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|e| self.fail(&format!("signal {signal:?}: {e}")));
     }
 
     /// The last lines of the node's log, under a header naming it.
@@ -567,7 +626,7 @@ impl NodeProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("{}: cannot spawn {:?}: {e}", self.name, command));
         self.child = Some(ChildGuard(child));
-        self.client = Client::new(&self.url())
+        self.client = Client::with_options(&self.url(), &self.config.client)
             .expect("a valid node address")
             .with_timeout(CALL_TIMEOUT);
     }
@@ -591,16 +650,24 @@ impl NodeProcess {
                 self.child = None;
                 return Err(format!("exited with {status} before it was ready"));
             }
-            let last = match block_on(http_request(
-                http::Method::GET,
-                &url,
-                Vec::new(),
-                Bytes::new(),
-                Duration::from_secs(2),
-            )) {
-                Ok(reply) if reply.status == 200 => return Ok(()),
-                Ok(reply) => format!("HTTP {}", reply.status),
-                Err(e) => e,
+            let last = if self.config.client.tls.is_some() {
+                // The raw HTTP client speaks no TLS: ask the node itself through ours.
+                match block_on(self.client.status()) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e.to_string(),
+                }
+            } else {
+                match block_on(http_request(
+                    http::Method::GET,
+                    &url,
+                    Vec::new(),
+                    Bytes::new(),
+                    Duration::from_secs(2),
+                )) {
+                    Ok(reply) if reply.status == 200 => return Ok(()),
+                    Ok(reply) => format!("HTTP {}", reply.status),
+                    Err(e) => e,
+                }
             };
             if Instant::now() >= deadline {
                 return Err(format!(
@@ -807,6 +874,20 @@ impl NodeProcess {
             patience,
         ))
         .unwrap_or_else(|e| self.fail(&format!("POST {path}: {e}")))
+    }
+
+    /// A plain-HTTP request made by hand to `path` (`/metrics`, `/v1/kv/...`), with
+    /// `headers`; the reply as the node sent it.
+    pub fn raw_request(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: Vec<(&str, String)>,
+        body: Bytes,
+    ) -> RawReply {
+        let url = format!("{}{path}", self.url());
+        block_on(http_request(method, &url, headers, body, CALL_TIMEOUT))
+            .unwrap_or_else(|e| self.fail(&format!("{path}: {e}")))
     }
 
     /// Wait until the node's status satisfies `ready` (errors count as "not yet"); returns

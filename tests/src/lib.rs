@@ -5,6 +5,7 @@
 //! ([`cluster`]).
 
 pub mod cluster;
+pub mod pki;
 pub mod proxy;
 
 use std::process::Child;

@@ -111,7 +111,9 @@ impl Metrics {
 
     /// A request refused for its token (`missing`, `invalid`, `forbidden`).
     pub fn auth_failed(&self, reason: &'static str) {
-        self.auth_failures.get_or_create(&AuthLabels { reason }).inc();
+        self.auth_failures
+            .get_or_create(&AuthLabels { reason })
+            .inc();
     }
 
     /// Counts a connection as open until the returned guard is dropped.

@@ -52,7 +52,12 @@ pub async fn kv_route(
         Method::PUT | Method::POST => {
             let ttl = ttl_param(query)?;
             let value = state
-                .read_body(headers, body, state.limits.max_value_bytes, "max_value_bytes")
+                .read_body(
+                    headers,
+                    body,
+                    state.limits.max_value_bytes,
+                    "max_value_bytes",
+                )
                 .await?;
             let set = kv::set(
                 state,

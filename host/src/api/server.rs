@@ -102,7 +102,8 @@ pub async fn serve(
         header_read_timeout: options.header_read_timeout,
         max_connections: options.max_connections,
     });
-    let slots = (options.max_connections > 0).then(|| Arc::new(Semaphore::new(options.max_connections)));
+    let slots =
+        (options.max_connections > 0).then(|| Arc::new(Semaphore::new(options.max_connections)));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -208,7 +209,9 @@ impl Listener {
         });
         let connection = self.http.serve_connection_with_upgrades(io, service);
         if let Err(e) = watcher.watch(connection.into_owned()).await {
-            if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+            {
                 self.state.metrics.refused("header_read_timeout");
             }
             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -260,12 +263,23 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Respon
     let (method_name, result) = match (&parts.method, path) {
         (&Method::POST, "/kvstore.v1.KVStore/Watch") => (
             "Watch",
-            authorized(&state, headers, "Watch", stream_rpc(&state, headers, body, false)).await,
+            authorized(
+                &state,
+                headers,
+                "Watch",
+                stream_rpc(&state, headers, body, false),
+            )
+            .await,
         ),
         (&Method::POST, "/kvstore.v1.Replication/Subscribe") => (
             "Subscribe",
-            authorized(&state, headers, "Subscribe", stream_rpc(&state, headers, body, true))
-                .await,
+            authorized(
+                &state,
+                headers,
+                "Subscribe",
+                stream_rpc(&state, headers, body, true),
+            )
+            .await,
         ),
         (&Method::POST, p) if p.starts_with("/kvstore.v1.") => {
             let name = rpc_name(p);
@@ -388,7 +402,10 @@ async fn rpc(
             }
             "RemoveReplica" => {
                 let token = auth::bearer(headers);
-                unary(codec, &body, |r| replication::remove_replica(state, r, token)).await
+                unary(codec, &body, |r| {
+                    replication::remove_replica(state, r, token)
+                })
+                .await
             }
             "Promote" => unary(codec, &body, |r| replication::promote(state, r)).await,
             "Follow" => unary(codec, &body, |r| replication::follow(state, r)).await,
@@ -419,7 +436,12 @@ async fn read_request(
     body: Incoming,
 ) -> Result<bytes::Bytes, ConnectError> {
     state
-        .read_body(headers, body, state.limits.max_request_bytes, "max_request_bytes")
+        .read_body(
+            headers,
+            body,
+            state.limits.max_request_bytes,
+            "max_request_bytes",
+        )
         .await
 }
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Config, PluginLimits, PrimaryConfig, SyncMode};
-use crate::tls::{ClientTls, ServerTls};
 use crate::storage::BUILTIN_POLICIES;
+use crate::tls::{ClientTls, ServerTls};
 
 /// One key of the configuration.
 pub(super) struct Setting {
@@ -463,7 +463,10 @@ pub(super) fn check_tls_complete(c: &Config) -> Result<(), (String, String)> {
     if let Some(tls) = &c.replication.tls {
         match (&tls.cert, &tls.key) {
             (Some(_), None) => {
-                return missing("replication.tls.key", "the private key of replication.tls.cert");
+                return missing(
+                    "replication.tls.key",
+                    "the private key of replication.tls.cert",
+                );
             }
             (None, Some(_)) => {
                 return missing(

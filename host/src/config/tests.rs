@@ -1100,7 +1100,10 @@ fn tls_settings_that_go_together_are_required_together() {
          replication.tls.key"
     );
     let config = load("replication:\n  tls:\n    ca: ca.pem\n").unwrap();
-    assert!(!config.is_replica(), "link settings alone do not make a replica");
+    assert!(
+        !config.is_replica(),
+        "link settings alone do not make a replica"
+    );
     let mut config = Config::default();
     config
         .apply_env(env(&[

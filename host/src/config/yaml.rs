@@ -16,9 +16,9 @@ use serde_saphyr::{Location, MessageFormatter, Spanned};
 
 use super::auth;
 use super::plugins::{self, Chains};
-use crate::auth::TokenEntry;
 use super::settings::{self, Setting};
 use super::{Assignment, ConfigError, Position};
+use crate::auth::TokenEntry;
 
 /// A YAML node. Scalars keep their YAML type, which a plugin's `config:` passes on (`10` is a
 /// number, `"10"` a string); settings read every scalar as its [`Node::text`].
@@ -160,24 +160,24 @@ pub(super) fn tree(text: &str, file: &str) -> Result<Option<Spanned<Node>>, Conf
     // The error is re-rendered as one `file:line:col: message` line: no source excerpt.
     options.with_snippet = false;
     serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-            let e = e.without_snippet();
-            let message = match e {
-                // The library's wording suggests an option to the developer, not a fix to
-                // the operator.
-                serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } => {
-                    format!("{key:?} is given twice")
-                }
-                _ => serde_saphyr::DefaultMessageFormatter
-                    .format_message(e)
-                    .into_owned(),
-            };
-            ConfigError::File {
-                file: file.to_owned(),
-                position: e.location().map(position),
-                key: None,
-                message,
+        let e = e.without_snippet();
+        let message = match e {
+            // The library's wording suggests an option to the developer, not a fix to
+            // the operator.
+            serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } => {
+                format!("{key:?} is given twice")
             }
-        })
+            _ => serde_saphyr::DefaultMessageFormatter
+                .format_message(e)
+                .into_owned(),
+        };
+        ConfigError::File {
+            file: file.to_owned(),
+            position: e.location().map(position),
+            key: None,
+            message,
+        }
+    })
 }
 
 /// A problem at `at` in `file`.
