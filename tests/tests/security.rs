@@ -463,6 +463,32 @@ fn a_replica_presents_its_token_over_tls_and_a_wrong_one_is_refused_with_the_rea
         || replica.log_report(),
     );
     assert!(block_on(replica.client().get("before")).unwrap().found);
+
+    // AddReplica: the primary presents the caller's admin token to the new node, which
+    // then follows over TLS with its own replication token. A reader may not add one.
+    let joiner = NodeProcess::start(
+        "joiner",
+        NodeConfig::default()
+            .yaml_in("replication", &lines(&link))
+            .yaml_in("auth", &["tokens:", &format!("  {admin_entry}")])
+            .client_options(ClientOptions {
+                tls: None,
+                token: Some(Secret::new(admin.clone())),
+            }),
+    );
+    let as_reader = client(&primary, Some(tls_to(&pki)), Some(&reader));
+    let err = block_on(as_reader.add_replica(&joiner.addr())).unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+    block_on(primary.client().add_replica(&joiner.addr())).unwrap();
+    wait_until(
+        "the added node has the primary's keys",
+        Duration::from_secs(20),
+        || match block_on(joiner.client().get("after")) {
+            Ok(got) if got.found => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+        || joiner.log_report(),
+    );
 }
 
 #[test]

@@ -381,6 +381,13 @@ impl Target {
         // The client's rules for what an address may be, so both accept the same ones.
         let base = wasmkv::client::normalize_base(addr)?;
         let uri: Uri = base.parse().context("normalized address")?;
+        // The load generator writes requests on bare sockets, to measure the node and not a
+        // client library; it has no TLS of its own.
+        anyhow::ensure!(
+            uri.scheme_str() == Some("http"),
+            "the load generator speaks plain HTTP only: bench a node's loopback listener \
+             without server.tls"
+        );
         let authority = uri.authority().context("normalized address has a host")?;
         let connect_to = match authority.port_u16() {
             Some(_) => authority.as_str().to_owned(),
