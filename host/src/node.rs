@@ -86,10 +86,10 @@ impl Node {
             token: read_secret(config.replication.token_file.as_deref())?,
         };
         // Fail now on link TLS files that cannot be used, not at the first reconnect.
-        crate::client::Client::with_options("localhost:1", &link).map_err(|e| match e {
-            crate::client::ClientError::Tls(e) => NodeError::Tls(e),
-            other => NodeError::Task(other.to_string()),
-        })?;
+        if let Some(tls) = &link.tls {
+            tls.client_config()?;
+            tls.fixed_server_name()?;
+        }
         let mut opts = config.db_options();
         let plugins = load_plugins(&config.plugins, &config.data_dir).await?;
         let builtin_eviction = (Arc::clone(&opts.eviction_policy), opts.eviction_samples);

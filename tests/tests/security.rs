@@ -643,32 +643,43 @@ fn connection_and_batch_limits_answer_with_resource_exhausted() {
 }
 
 #[test]
-fn without_tokens_a_node_listens_on_loopback_only() {
+fn a_node_refuses_to_start_insecure_or_with_unusable_tls_files_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let config = |extra: &str| {
+    // The stderr of a node started with these `server` settings, which must fail.
+    let refusal = |server: &str| {
         let path = dir.path().join("node.yaml");
         std::fs::write(
             &path,
             format!(
-                "data_dir: {:?}\nserver:\n  address: 0.0.0.0\n  port: 0\n{extra}",
+                "data_dir: {:?}\nserver:\n  port: 0\n{server}",
                 dir.path().join("data").display().to_string()
             ),
         )
         .unwrap();
-        path
+        let out = Command::new(wasmkv_binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("WASMKV_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let out = Command::new(wasmkv_binary())
-        .arg("serve")
-        .arg("--config")
-        .arg(config(""))
-        .env_remove("WASMKV_CONFIG")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refusal("  address: 0.0.0.0\n");
     assert!(
         stderr.contains("refusing to listen on 0.0.0.0:")
             && stderr.contains("allow_insecure_remote"),
+        "{stderr}"
+    );
+    let missing = dir.path().join("missing.pem");
+    let stderr = refusal(&format!(
+        "  tls:\n    cert: {:?}\n    key: {:?}\n",
+        missing.display().to_string(),
+        missing.display().to_string()
+    ));
+    assert!(
+        stderr.contains("certificate") && stderr.contains("missing.pem"),
         "{stderr}"
     );
 }
