@@ -27,8 +27,18 @@ pub(super) struct Setting {
 const SECTION_ALIASES: &[(&str, &str)] = &[("master", "primary")];
 
 /// Keys that are another name for a setting. `wal.directory` is the seed's key: everything
-/// (WAL, snapshots, lock) lives under one directory, so it names `data_dir`.
-const KEY_ALIASES: &[(&str, &str)] = &[("wal.directory", "data_dir")];
+/// (WAL, snapshots, lock) lives under one directory, so it names `data_dir`. A replica's
+/// link to its primary may be set in its `primary` section, where a reader of a replica's
+/// config looks for it; it is the same setting as `replication.tls` and
+/// `replication.token_file`, which a node started as a primary needs too.
+const KEY_ALIASES: &[(&str, &str)] = &[
+    ("wal.directory", "data_dir"),
+    ("primary.tls.ca", "replication.tls.ca"),
+    ("primary.tls.cert", "replication.tls.cert"),
+    ("primary.tls.key", "replication.tls.key"),
+    ("primary.tls.server_name", "replication.tls.server_name"),
+    ("primary.token_file", "replication.token_file"),
+];
 
 /// Why a replica without `primary.address` is refused.
 pub(super) const PRIMARY_ADDRESS_REQUIRED: &str =
@@ -481,17 +491,24 @@ pub(super) fn check_tls_complete(c: &Config) -> Result<(), (String, String)> {
 }
 
 /// The section a name stands for, following the seed's aliases.
-pub(super) fn canonical_section(name: &str) -> &str {
-    SECTION_ALIASES
-        .iter()
-        .find(|(alias, _)| *alias == name)
-        .map_or(name, |(_, target)| target)
+pub(super) fn canonical_section(name: &str) -> std::borrow::Cow<'_, str> {
+    let (top, rest) = match name.split_once('.') {
+        Some((top, rest)) => (top, Some(rest)),
+        None => (name, None),
+    };
+    match SECTION_ALIASES.iter().find(|(alias, _)| *alias == top) {
+        Some((_, target)) => match rest {
+            Some(rest) => format!("{target}.{rest}").into(),
+            None => (*target).into(),
+        },
+        None => name.into(),
+    }
 }
 
 /// Whether `name` (or its alias), a key path such as `server` or `plugins.limits`, is a
 /// section rather than a single key.
 pub(super) fn is_section(name: &str) -> bool {
-    SETTINGS.iter().any(|s| child(Some(name), s.key).is_some())
+    all_keys().any(|key| child(Some(name), key).is_some())
 }
 
 /// The name of the key or section directly in `section` (`None` = top level) that `key`, a
@@ -500,7 +517,7 @@ pub(super) fn is_section(name: &str) -> bool {
 fn child<'k>(section: Option<&str>, key: &'k str) -> Option<&'k str> {
     let rest = match section {
         Some(section) => key
-            .strip_prefix(canonical_section(section))?
+            .strip_prefix(canonical_section(section).as_ref())?
             .strip_prefix('.')?,
         None => key,
     };
@@ -544,7 +561,7 @@ pub(super) fn keys_in(section: Option<&str>) -> Vec<&'static str> {
 pub(super) fn leaves_in(section: &str) -> Vec<&'static str> {
     all_keys()
         .filter_map(|key| {
-            key.strip_prefix(canonical_section(section))?
+            key.strip_prefix(canonical_section(section).as_ref())?
                 .strip_prefix('.')
         })
         .collect()
@@ -815,6 +832,9 @@ mod tests {
             keys_in(Some("wal")),
             ["sync", "sync_interval", "max_file_size", "directory"]
         );
-        assert_eq!(keys_in(Some("master")), ["address", "sync_interval"]);
+        assert_eq!(
+            keys_in(Some("master")),
+            ["address", "sync_interval", "tls", "token_file"]
+        );
     }
 }

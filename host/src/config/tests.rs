@@ -1116,3 +1116,37 @@ fn tls_settings_that_go_together_are_required_together() {
     assert_eq!(config.server.tls.unwrap().key, PathBuf::from("s.key"));
     assert_eq!(config.limits.max_connections, 3);
 }
+
+#[test]
+fn a_replica_may_set_its_link_in_its_primary_section() {
+    let config = load(
+        "primary:\n  address: 'p:1'\n  tls: {ca: ca.pem, server_name: db1}\n  token_file: rt\n",
+    )
+    .unwrap();
+    let tls = config.replication.tls.as_ref().unwrap();
+    assert_eq!(tls.ca.as_deref(), Some(Path::new("ca.pem")));
+    assert_eq!(tls.server_name.as_deref(), Some("db1"));
+    assert_eq!(
+        config.replication.token_file.as_deref(),
+        Some(Path::new("rt"))
+    );
+    assert!(
+        load_err(
+            "primary:\n  address: 'p:1'\n  tls: {ca: a.pem}\nreplication:\n  tls: {ca: b.pem}\n"
+        )
+        .contains("conflicts with primary.tls.ca"),
+    );
+    let seed_style = load("master:\n  address: 'p:1'\n  tls: {server_name: db2}\n").unwrap();
+    assert_eq!(
+        seed_style.replication.tls.unwrap().server_name.as_deref(),
+        Some("db2")
+    );
+    let mut config = Config::default();
+    config
+        .apply_env(env(&[("WASMKV_PRIMARY__TLS__CA", "ca.pem")]))
+        .unwrap();
+    assert_eq!(
+        config.replication.tls.unwrap().ca.as_deref(),
+        Some(Path::new("ca.pem"))
+    );
+}
