@@ -2,9 +2,8 @@
 //!
 //! The data of one request flows one way: `api` accepts the connection (over `tls` when
 //! configured), checks the caller's token against `auth` and decodes the call, `plugins`
-//! validate it, `db`
-//! commits it through the `wal` and then applies it to the `storage` engine, and
-//! `replication` streams the log to replicas. `storage` knows nothing about the WAL and the
+//! validate it, `db` commits it through the `wal` and then applies it to the `storage`
+//! engine, and `replication` streams the log to replicas. `storage` knows nothing about the WAL and the
 //! WAL knows nothing about the in-memory map; `db` is the only place where the two meet.
 //! `plugins` takes and returns ABI types only; `node` wires one node together.
 
