@@ -217,6 +217,8 @@ pub struct NodeConfig {
     pub labels: Option<String>,
     /// `replication.allow_full_resync_from_empty`.
     pub allow_full_resync_from_empty: Option<bool>,
+    /// The `plugins:` section as YAML, indented under it (e.g. `  dir: /x\n  validate: ...`).
+    pub plugins: Option<String>,
     /// Extra arguments after `serve --config FILE`.
     pub args: Vec<String>,
     /// Extra environment variables (the test's own `WASMKV_*` variables are never passed on).
@@ -235,6 +237,7 @@ impl Default for NodeConfig {
             backlog_max_age: None,
             labels: None,
             allow_full_resync_from_empty: None,
+            plugins: None,
             args: Vec::new(),
             env: Vec::new(),
         }
@@ -294,6 +297,12 @@ impl NodeConfig {
         self
     }
 
+    /// The `plugins:` section (see [`NodeConfig::plugins`]).
+    pub fn plugins(mut self, section: &str) -> NodeConfig {
+        self.plugins = Some(section.into());
+        self
+    }
+
     /// Add a command-line argument after `serve --config FILE`.
     pub fn arg(mut self, arg: &str) -> NodeConfig {
         self.args.push(arg.into());
@@ -340,6 +349,10 @@ impl NodeConfig {
                 "primary:\n  address: {primary:?}\n  sync_interval: {}\n",
                 self.primary_sync_interval
             ));
+        }
+        if let Some(plugins) = &self.plugins {
+            yaml.push_str("plugins:\n");
+            yaml.push_str(plugins);
         }
         yaml.push_str("log:\n  level: info\n");
         yaml
@@ -629,6 +642,26 @@ impl NodeProcess {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill();
+        }
+    }
+
+    /// SIGSTOP the process: it stops answering but keeps its sockets open, as a node that
+    /// hangs (a long GC-like stall, a frozen VM) would. Nothing happens if it is not running.
+    pub fn pause(&mut self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT a process stopped by [`pause`](Self::pause).
+    pub fn resume(&mut self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&mut self, signal: rustix::process::Signal) {
+        if let Some(child) = &self.child {
+            let pid = rustix::process::Pid::from_child(&child.0);
+            if let Err(e) = rustix::process::kill_process(pid, signal) {
+                self.fail(&format!("cannot send {signal:?}: {e}"));
+            }
         }
     }
 
@@ -1131,54 +1164,69 @@ impl Cluster {
 /// node's digest unchanged across the round (so nothing was moving), within `deadline`;
 /// returns that digest. Panics with every node's state and log tail otherwise.
 pub fn converged(nodes: &[&NodeProcess], deadline: Duration) -> DigestResponse {
+    try_converged(nodes, deadline).unwrap_or_else(|why| {
+        panic!(
+            "timed out after {deadline:?} waiting for {} to hold equal data (digest and LSN)\n\
+             last state: {why}\n{}",
+            names(nodes),
+            logs_of(nodes)
+        )
+    })
+}
+
+/// [`converged`] without the panic: the agreed digest, or the nodes' last states.
+pub fn try_converged(nodes: &[&NodeProcess], deadline: Duration) -> Result<DigestResponse, String> {
     assert!(!nodes.is_empty());
-    let mut agreed = None;
-    wait_until(
-        &format!(
-            "{} to hold equal data (digest and LSN)",
-            nodes
-                .iter()
-                .map(|n| n.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        deadline,
-        || {
-            let mut digests = Vec::with_capacity(nodes.len());
-            for node in nodes {
-                let digest = node
-                    .try_digest()
-                    .map_err(|e| format!("{}: {e}", node.name()))?;
-                digests.push(digest);
-            }
-            let again = nodes[0]
-                .try_digest()
-                .map_err(|e| format!("{}: {e}", nodes[0].name()))?;
-            let describe = || {
-                nodes
-                    .iter()
-                    .zip(&digests)
-                    .map(|(node, d)| {
-                        format!(
-                            "{}: lsn {} keys {} digest {}",
-                            node.name(),
-                            d.lsn,
-                            d.keys,
-                            hex(&d.digest)
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            if again != digests[0] || digests.iter().any(|d| *d != digests[0]) {
-                return Err(describe());
-            }
-            agreed = Some(again);
-            Ok(())
-        },
-        || logs_of(nodes),
-    );
-    agreed.expect("set when the wait ends")
+    let deadline = Instant::now() + deadline;
+    loop {
+        let why = match digests_agree(nodes) {
+            Ok(digest) => return Ok(digest),
+            Err(why) => why,
+        };
+        if Instant::now() >= deadline {
+            return Err(why);
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// One round of [`try_converged`].
+fn digests_agree(nodes: &[&NodeProcess]) -> Result<DigestResponse, String> {
+    let mut digests = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let digest = node
+            .try_digest()
+            .map_err(|e| format!("{}: {e}", node.name()))?;
+        digests.push(digest);
+    }
+    let again = nodes[0]
+        .try_digest()
+        .map_err(|e| format!("{}: {e}", nodes[0].name()))?;
+    if again != digests[0] || digests.iter().any(|d| *d != digests[0]) {
+        return Err(nodes
+            .iter()
+            .zip(&digests)
+            .map(|(node, d)| {
+                format!(
+                    "{}: lsn {} keys {} digest {}",
+                    node.name(),
+                    d.lsn,
+                    d.keys,
+                    hex(&d.digest)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "));
+    }
+    Ok(again)
+}
+
+fn names(nodes: &[&NodeProcess]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -1459,9 +1507,10 @@ impl WriterOptions {
     }
 }
 
-/// Lets a test stop the writer between two writes: `busy` while a write is in flight.
+/// Lets a test stop the writer between two writes: `busy` while a write is in flight. Also
+/// shared by the chaos clients (one gate for many threads: `busy` counts them).
 #[derive(Default)]
-struct Gate {
+pub struct Gate {
     state: Mutex<GateState>,
     changed: Condvar,
 }
@@ -1469,13 +1518,14 @@ struct Gate {
 #[derive(Default)]
 struct GateState {
     paused: bool,
-    busy: bool,
+    /// Operations in flight.
+    busy: usize,
     stop: bool,
 }
 
 impl Gate {
     /// Wait while paused, then mark a write in flight; false once stopping.
-    fn enter(&self) -> bool {
+    pub fn enter(&self) -> bool {
         let mut state = lock(&self.state);
         while state.paused && !state.stop {
             state = self
@@ -1486,19 +1536,21 @@ impl Gate {
         if state.stop {
             return false;
         }
-        state.busy = true;
+        state.busy += 1;
         true
     }
 
-    fn leave(&self) {
-        lock(&self.state).busy = false;
+    /// The operation marked by [`enter`](Self::enter) is over.
+    pub fn leave(&self) {
+        lock(&self.state).busy -= 1;
         self.changed.notify_all();
     }
 
-    fn pause(&self) {
+    /// Let no operation start; returns once none is in flight.
+    pub fn pause(&self) {
         let mut state = lock(&self.state);
         state.paused = true;
-        while state.busy {
+        while state.busy > 0 {
             state = self
                 .changed
                 .wait(state)
@@ -1506,12 +1558,13 @@ impl Gate {
         }
     }
 
-    fn resume(&self) {
+    pub fn resume(&self) {
         lock(&self.state).paused = false;
         self.changed.notify_all();
     }
 
-    fn stop(&self) {
+    /// From now on [`enter`](Self::enter) returns false.
+    pub fn stop(&self) {
         lock(&self.state).stop = true;
         self.changed.notify_all();
     }

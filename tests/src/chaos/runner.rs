@@ -1,0 +1,501 @@
+//! One chaos run: a primary and two replicas (real `wasmkv` processes, `sync: always`, a
+//! validator plugin), each replica reaching its primary through a [`FaultProxy`], clients
+//! writing and reading all along, the schedule's faults one after another, and the oracles
+//! at the end.
+//!
+//! While faults are held and between them, the runner keeps observing the replicas for the
+//! prefix oracle. After a crash of the primary and after a promotion it pauses the clients
+//! and reads every key from the primary (a durability checkpoint, recorded as reads). Once
+//! the schedule is over, every node is running and every link healed: the clients stop, the
+//! nodes must converge, a last checkpoint is read, and the history goes to the checker.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use wasmkv::client::ClientError;
+
+use super::checker::{self, Anomaly, LinearizabilityStats, Oracle};
+use super::clients::{Clients, DENIED_PREFIX, Endpoints, all_keys};
+use super::history::{Action, Op, Recorder, WriteOutcome};
+use super::schedule::{Event, Fault, Link, Target};
+use crate::cluster::{NodeConfig, NodeProcess, block_on, try_converged};
+use crate::proxy::FaultProxy;
+
+/// The validator every node runs (and whose file a `Plugin` fault replaces).
+const PLUGIN: &str = "key-policy";
+/// How long the nodes may take to hold equal data once the faults are over.
+const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a replica may take to catch up with its primary before a promotion.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
+/// The deadline of the runner's own calls (observations, checkpoints).
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Between two prefix observations of the replicas.
+const OBSERVE_EVERY: Duration = Duration::from_millis(500);
+/// How far back in a replica's log an observation compares, at most.
+const OBSERVE_WINDOW: u64 = 4000;
+/// Log records per `GetUpdates` page.
+const PAGE: u32 = 1000;
+
+/// What a run is asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    pub seconds: u64,
+    /// Where `key-policy.wasm` is (built by `cargo xtask plugins`).
+    pub plugin_dir: PathBuf,
+}
+
+/// What a run did and found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Client calls recorded (and checked): writes and reads.
+    pub writes: usize,
+    pub reads: usize,
+    /// Prefix observations made (a replica compared with its primary), and log entries
+    /// compared by them.
+    pub prefix_observations: u64,
+    pub prefix_entries: u64,
+    pub linearizability: LinearizabilityStats,
+    pub checkpoints: u64,
+    pub anomalies: Vec<Anomaly>,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn faults_total(&self) -> u64 {
+        self.faults.values().sum()
+    }
+}
+
+/// One node of the run and its way to the primary.
+struct Member {
+    process: NodeProcess,
+    /// While this node is a replica: the proxy it reaches its primary through.
+    proxy: Option<FaultProxy>,
+}
+
+struct Run {
+    members: Vec<Member>,
+    primary: usize,
+    /// The node configuration without a role.
+    base: NodeConfig,
+    plugin_file: PathBuf,
+    good_plugin: Vec<u8>,
+    endpoints: Arc<Endpoints>,
+    recorder: Recorder,
+    /// Per node: how far its log was compared with its primary's.
+    compared_to: Vec<u64>,
+    last_observed: Instant,
+    report: Report,
+    _plugin_dir: TempDir,
+}
+
+/// Run `events` against a fresh cluster and check everything; `log` gets a line per event.
+pub fn run(options: &Options, events: &[Event], log: &mut dyn FnMut(String)) -> Report {
+    let started = Instant::now();
+    let mut run = Run::start(options);
+    let clients = Clients::start(&run.recorder, &run.endpoints, options.seed);
+    for event in events {
+        run.hold_until(started + event.at);
+        log(format!(
+            "{:>7.1}s  {} ({})",
+            started.elapsed().as_secs_f64(),
+            event.fault,
+            run.describe(event.fault)
+        ));
+        run.inject(event.fault, &clients);
+        *run.report.faults.entry(event.fault.kind()).or_default() += 1;
+    }
+    run.hold_until(started + Duration::from_secs(options.seconds));
+    log(format!(
+        "{:>7.1}s  faults over: clients stop, nodes must converge",
+        started.elapsed().as_secs_f64()
+    ));
+    clients.stop();
+    run.finish();
+    run.report.elapsed = started.elapsed();
+    run.report
+}
+
+impl Run {
+    fn start(options: &Options) -> Run {
+        let plugin_dir = tempfile::Builder::new()
+            .prefix("wasmkv-chaos-plugins-")
+            .tempdir()
+            .expect("create the run's plugin directory");
+        let source = options.plugin_dir.join(format!("{PLUGIN}.wasm"));
+        let good_plugin = std::fs::read(&source).unwrap_or_else(|e| {
+            panic!(
+                "cannot read {}: {e} (build the plugins with `cargo xtask plugins`)",
+                source.display()
+            )
+        });
+        let plugin_file = plugin_dir.path().join(format!("{PLUGIN}.wasm"));
+        std::fs::write(&plugin_file, &good_plugin).expect("copy the plugin");
+        let base = NodeConfig::default()
+            .sync("always")
+            .plugins(&plugins_section(plugin_dir.path()));
+        let primary = NodeProcess::start("n0", base.clone());
+        let mut members = vec![Member {
+            process: primary,
+            proxy: None,
+        }];
+        for name in ["n1", "n2"] {
+            let proxy = proxy_to(&members[0].process);
+            let config = base.clone().following(proxy.local_addr());
+            members.push(Member {
+                process: NodeProcess::start(name, config),
+                proxy: Some(proxy),
+            });
+        }
+        for member in &members[1..] {
+            member.process.wait_streaming();
+        }
+        let run = Run {
+            members,
+            primary: 0,
+            base,
+            plugin_file,
+            good_plugin,
+            endpoints: Arc::default(),
+            recorder: Recorder::new(),
+            compared_to: vec![0; 3],
+            last_observed: Instant::now(),
+            report: Report::default(),
+            _plugin_dir: plugin_dir,
+        };
+        run.publish_endpoints();
+        run
+    }
+
+    /// The replicas' indices, in node order.
+    fn replicas(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| i != self.primary)
+            .collect()
+    }
+
+    fn resolve(&self, target: Target) -> usize {
+        match target {
+            Target::Primary => self.primary,
+            Target::Replica(i) => self.replicas()[i],
+        }
+    }
+
+    fn describe(&self, fault: Fault) -> String {
+        let node = |i: usize| self.members[i].process.name().to_owned();
+        match fault {
+            Fault::Kill { target, .. } | Fault::Pause { target, .. } => node(self.resolve(target)),
+            Fault::Link { replica, .. } | Fault::Promote { replica } => {
+                node(self.replicas()[replica])
+            }
+            Fault::Plugin { .. } => format!("{}", self.plugin_file.display()),
+        }
+    }
+
+    fn publish_endpoints(&self) {
+        self.endpoints.set(
+            self.members[self.primary].process.url(),
+            self.replicas()
+                .into_iter()
+                .map(|i| self.members[i].process.url())
+                .collect(),
+        );
+    }
+
+    /// The configuration node `i` must start with in its current role (a restarted node
+    /// takes its primary from its configuration before its `NODE` file).
+    fn config_for(&self, i: usize) -> NodeConfig {
+        match &self.members[i].proxy {
+            Some(proxy) => self.base.clone().following(proxy.local_addr()),
+            None => self.base.clone(),
+        }
+    }
+
+    /// Observe the replicas until `deadline` (the fault in force stays in force).
+    fn hold_until(&mut self, deadline: Instant) {
+        loop {
+            if self.last_observed.elapsed() >= OBSERVE_EVERY {
+                self.observe();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            // Sleeping between scheduled events, not waiting for a condition.
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
+
+    fn hold(&mut self, held: Duration) {
+        self.hold_until(Instant::now() + held);
+    }
+
+    fn inject(&mut self, fault: Fault, clients: &Clients) {
+        match fault {
+            Fault::Kill { target, down } => {
+                let i = self.resolve(target);
+                self.members[i].process.kill();
+                self.hold(down);
+                let config = self.config_for(i);
+                self.members[i].process.restart_with(config);
+                if i == self.primary {
+                    self.checkpoint(clients);
+                }
+            }
+            Fault::Pause { target, held } => {
+                let i = self.resolve(target);
+                self.members[i].process.pause();
+                self.hold(held);
+                self.members[i].process.resume();
+            }
+            Fault::Link {
+                replica,
+                link,
+                held,
+            } => {
+                let i = self.replicas()[replica];
+                let proxy = self.members[i].proxy.as_ref().expect("a replica's proxy");
+                match link {
+                    Link::Drop => proxy.drop_all(),
+                    Link::Delay(by) => proxy.delay(by),
+                    Link::Blackhole => proxy.blackhole(),
+                    Link::Refuse => {
+                        proxy.refuse();
+                        proxy.drop_all();
+                    }
+                }
+                self.hold(held);
+                if let Some(proxy) = &self.members[i].proxy {
+                    proxy.pass();
+                }
+            }
+            Fault::Plugin { held } => {
+                // A truncated module: the node must refuse it and keep running the old one.
+                self.replace_plugin(&self.good_plugin[..self.good_plugin.len() / 2]);
+                self.hold(held);
+                self.replace_plugin(&self.good_plugin.clone());
+            }
+            Fault::Promote { replica } => self.promote(self.replicas()[replica], clients),
+        }
+    }
+
+    /// Replace the plugin file in one step (write aside, rename), as a deployment would.
+    fn replace_plugin(&self, bytes: &[u8]) {
+        let aside = self.plugin_file.with_extension("new");
+        std::fs::write(&aside, bytes).expect("write the new plugin file");
+        std::fs::rename(&aside, &self.plugin_file).expect("move the new plugin file in place");
+    }
+
+    /// A switchover: with the clients paused, let `new` catch up with the primary, promote
+    /// it, point the old primary and the other replica at it (through fresh proxies), and
+    /// resume the clients on it.
+    fn promote(&mut self, new: usize, clients: &Clients) {
+        let _paused = clients.pause();
+        let old = self.primary;
+        let target = self.members[old].process.status().lsn;
+        if let Err(why) = self.wait_applied(new, target) {
+            self.anomaly(
+                Oracle::Convergence,
+                format!(
+                    "{} did not catch up with its primary ({target}) within \
+                     {CATCH_UP_DEADLINE:?} before a promotion, with no fault in force: {why}",
+                    self.members[new].process.name()
+                ),
+            );
+            return;
+        }
+        self.members[new].process.promote();
+        self.members[new].proxy = None;
+        self.primary = new;
+        for i in self.replicas() {
+            let proxy = proxy_to(&self.members[new].process);
+            let address = proxy.local_addr().to_string();
+            self.members[i].proxy = Some(proxy);
+            block_on(self.members[i].process.client().follow(&address)).unwrap_or_else(|e| {
+                self.members[i]
+                    .process
+                    .fail(&format!("Follow {address} failed: {e}"))
+            });
+        }
+        self.compared_to = vec![0; self.members.len()];
+        self.publish_endpoints();
+        self.read_checkpoint();
+    }
+
+    fn wait_applied(&self, i: usize, lsn: u64) -> Result<(), String> {
+        let deadline = Instant::now() + CATCH_UP_DEADLINE;
+        loop {
+            let applied = self.members[i].process.try_status().map(|s| s.lsn);
+            match applied {
+                Ok(applied) if applied >= lsn => return Ok(()),
+                _ if Instant::now() >= deadline => return Err(format!("{applied:?}")),
+                _ => std::thread::sleep(Duration::from_millis(25)),
+            }
+        }
+    }
+
+    /// With the clients paused, read every key from the primary (durability checkpoint).
+    fn checkpoint(&mut self, clients: &Clients) {
+        let _paused = clients.pause();
+        self.read_checkpoint();
+    }
+
+    fn read_checkpoint(&mut self) {
+        let keys = all_keys();
+        let client = self.members[self.primary]
+            .process
+            .client_with_timeout(OBSERVE_TIMEOUT * 5);
+        let call = self.recorder.now();
+        let results = match block_on(client.multi_get(keys.clone())) {
+            Ok(results) => results,
+            Err(e) => {
+                // Not an anomaly of the data: the primary did not answer.
+                eprintln!("checkpoint skipped: MultiGet on the primary failed: {e}");
+                return;
+            }
+        };
+        let ret = self.recorder.now();
+        for (key, got) in keys.into_iter().zip(results) {
+            self.recorder.record(Op {
+                client: u32::MAX,
+                key,
+                call,
+                ret: Some(ret),
+                action: Action::Read {
+                    got: got.found.then_some(got.value),
+                    on_primary: true,
+                    checkpoint: true,
+                },
+            });
+        }
+        self.report.checkpoints += 1;
+    }
+
+    /// The prefix oracle, once for every replica: skipped (not failed) when a node does not
+    /// answer in time, or the replica has not joined its primary's history yet.
+    fn observe(&mut self) {
+        self.last_observed = Instant::now();
+        for i in self.replicas() {
+            // An error is a node down, paused or cut off: nothing to compare this time.
+            let _ = self.observe_replica(i);
+        }
+    }
+
+    fn observe_replica(&mut self, i: usize) -> Result<(), ClientError> {
+        let replica = self.members[i].process.client_with_timeout(OBSERVE_TIMEOUT);
+        let primary = self.members[self.primary]
+            .process
+            .client_with_timeout(OBSERVE_TIMEOUT);
+        let r = block_on(replica.status())?;
+        // Read after the replica: the primary's LSN only grows (`sync: always`), so it must
+        // be at least the replica's.
+        let p = block_on(primary.status())?;
+        if r.role != "replica" || r.replication_id != p.replication_id {
+            return Ok(());
+        }
+        self.report.prefix_observations += 1;
+        let name = self.members[i].process.name().to_owned();
+        if r.lsn > p.lsn {
+            self.anomaly(
+                Oracle::Prefix,
+                format!(
+                    "{name} applied LSN {} of history {}, beyond its primary's {}",
+                    r.lsn, r.replication_id, p.lsn
+                ),
+            );
+            return Ok(());
+        }
+        let mut from = r
+            .lsn
+            .saturating_sub(OBSERVE_WINDOW)
+            .max(self.compared_to[i].min(r.lsn));
+        while from < r.lsn {
+            let mine = block_on(replica.get_updates(from, PAGE))?;
+            let theirs = block_on(primary.get_updates(from, PAGE))?;
+            if mine.snapshot_required || theirs.snapshot_required {
+                // One of the logs no longer holds this range (a snapshot, a full resync).
+                break;
+            }
+            match checker::compare_logs(&mine.entries, &theirs.entries, r.lsn) {
+                Ok(compared) => self.report.prefix_entries += compared as u64,
+                Err(why) => {
+                    self.anomaly(Oracle::Prefix, format!("{name}: {why}"));
+                    return Ok(());
+                }
+            }
+            let next = mine.last_lsn.min(theirs.last_lsn).min(r.lsn);
+            if next <= from {
+                break;
+            }
+            from = next;
+        }
+        self.compared_to[i] = from;
+        Ok(())
+    }
+
+    fn anomaly(&mut self, oracle: Oracle, detail: String) {
+        eprintln!("ANOMALY [{oracle}] {detail}");
+        self.report.anomalies.push(Anomaly::new(oracle, detail));
+    }
+
+    /// After the schedule: convergence, a last checkpoint and observation, then the
+    /// history's oracles.
+    fn finish(&mut self) {
+        let nodes: Vec<&NodeProcess> = self.members.iter().map(|m| &m.process).collect();
+        if let Err(why) = try_converged(&nodes, CONVERGENCE_DEADLINE) {
+            self.anomaly(
+                Oracle::Convergence,
+                format!("no convergence within {CONVERGENCE_DEADLINE:?}: {why}"),
+            );
+        }
+        self.read_checkpoint();
+        self.observe();
+        let ops = self.recorder.ops();
+        self.report.writes = ops.iter().filter(|op| op.is_write()).count();
+        self.report.reads = ops.len() - self.report.writes;
+        let mut found = checker::no_invention(&ops);
+        found.extend(checker::durability(&ops));
+        let (lin, stats) = checker::linearizability(&ops, checker::SEARCH_BUDGET);
+        found.extend(lin);
+        self.report.linearizability = stats;
+        for anomaly in found {
+            self.anomaly(anomaly.oracle, anomaly.detail);
+        }
+        let denied_acked = ops.iter().any(|op| {
+            op.key.starts_with(DENIED_PREFIX.as_bytes())
+                && matches!(
+                    &op.action,
+                    Action::Write {
+                        outcome: WriteOutcome::Acked { .. },
+                        ..
+                    }
+                )
+        });
+        if denied_acked {
+            self.anomaly(
+                Oracle::NoInvention,
+                "a write the validator must refuse was acknowledged".into(),
+            );
+        }
+    }
+}
+
+fn proxy_to(primary: &NodeProcess) -> FaultProxy {
+    FaultProxy::start(primary.socket_addr()).expect("start a fault proxy")
+}
+
+/// The `plugins:` section of every node: the validator refuses keys under `deny:`; a
+/// generous deadline, because two busy cores are no reason for a write to be refused.
+fn plugins_section(dir: &Path) -> String {
+    format!(
+        "  dir: {:?}\n  limits:\n    deadline: 1s\n  validate:\n    - plugin: {PLUGIN}\n      \
+         config: {{denied_prefixes: [{DENIED_PREFIX:?}]}}\n",
+        dir.display().to_string()
+    )
+}
