@@ -66,8 +66,8 @@ pub fn chaos(seconds: u64, seed: Option<u64>, record: bool) -> Result<()> {
     }
     let outcome = run(&format!("chaos run of {seconds} s"), chaos);
     if record {
-        let text = std::fs::read_to_string(summary.path())
-            .context("the chaos run wrote no summary")?;
+        let text =
+            std::fs::read_to_string(summary.path()).context("the chaos run wrote no summary")?;
         let summary: Summary = serde_json::from_str(&text).context("the chaos summary")?;
         let path = root().join("ROBUSTNESS.md");
         record_run(&path, &summary)?;
@@ -84,13 +84,19 @@ fn record_run(path: &Path, run: &Summary) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
     };
     let (before, section, after) = match (text.find(BEGIN), text.find(END)) {
-        (Some(b), Some(e)) if b < e => (&text[..b], &text[b + BEGIN.len()..e], &text[e + END.len()..]),
+        (Some(b), Some(e)) if b < e => (
+            &text[..b],
+            &text[b + BEGIN.len()..e],
+            &text[e + END.len()..],
+        ),
         (None, None) => (text.as_str(), "", "\n"),
         _ => bail!("{}: the chaos markers are damaged", path.display()),
     };
     let mut rows: Vec<String> = section
         .lines()
-        .filter(|line| line.starts_with("| ") && line[2..].starts_with(|c: char| c.is_ascii_digit()))
+        .filter(|line| {
+            line.starts_with("| ") && line[2..].starts_with(|c: char| c.is_ascii_digit())
+        })
         .map(str::to_owned)
         .collect();
     let kinds: Vec<String> = run.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -117,7 +123,10 @@ fn record_run(path: &Path, run: &Summary) -> Result<()> {
          `tests/src/chaos/`.\n\n{totals}\n\n{HEADER}\n{}\n",
         rows.join("\n")
     );
-    let updated = format!("{}{BEGIN}{new_section}{END}{after}", before.trim_end_matches('\n').to_owned() + "\n\n");
+    let updated = format!(
+        "{}{BEGIN}{new_section}{END}{after}",
+        before.trim_end_matches('\n').to_owned() + "\n\n"
+    );
     std::fs::write(path, updated).with_context(|| format!("write {}", path.display()))
 }
 
@@ -138,7 +147,9 @@ fn totals(rows: &[String]) -> Result<String> {
         ops += number(5)? + number(6)?;
         anomalies += number(9)?;
         for kind in cells[4].split(", ").filter(|k| !k.is_empty()) {
-            let (name, n) = kind.rsplit_once(' ').context("a fault kind and its count")?;
+            let (name, n) = kind
+                .rsplit_once(' ')
+                .context("a fault kind and its count")?;
             *kinds.entry(name.to_owned()).or_default() += n.parse::<u64>()?;
         }
     }

@@ -34,7 +34,11 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     let events = schedule::generate(seed, args.seconds);
-    println!("chaos: seed {seed}, {} s, {} faults:", args.seconds, events.len());
+    println!(
+        "chaos: seed {seed}, {} s, {} faults:",
+        args.seconds,
+        events.len()
+    );
     for event in &events {
         println!("{:>7.1}s  {}", event.at.as_secs_f64(), event.fault);
     }
@@ -61,7 +65,10 @@ fn main() -> Result<()> {
 }
 
 fn print_report(seed: u64, report: &Report) {
-    println!("---- verdict (seed {seed}, {:.1} s)", report.elapsed.as_secs_f64());
+    println!(
+        "---- verdict (seed {seed}, {:.1} s)",
+        report.elapsed.as_secs_f64()
+    );
     let kinds: Vec<String> = report
         .faults
         .iter()
@@ -73,8 +80,18 @@ fn print_report(seed: u64, report: &Report) {
         kinds.join(", ")
     );
     println!(
-        "operations checked: {} writes, {} reads ({} durability checkpoints)",
-        report.writes, report.reads, report.checkpoints
+        "operations checked: {} writes ({} acknowledged, {} unknown, {} refused), {} reads \
+         ({} durability checkpoints)",
+        report.writes,
+        report.acked,
+        report.unknown,
+        report.refused,
+        report.reads,
+        report.checkpoints
+    );
+    println!(
+        "plugin swaps: {}, new version seen loaded on the primary: {}",
+        report.plugin_swaps, report.plugin_reloads_confirmed
     );
     let lin = &report.linearizability;
     println!(
@@ -106,6 +123,9 @@ fn summary(seed: u64, seconds: u64, report: &Report) -> serde_json::Value {
         "faults": report.faults,
         "writes": report.writes,
         "reads": report.reads,
+        "acked": report.acked,
+        "unknown": report.unknown,
+        "refused": report.refused,
         "checkpoints": report.checkpoints,
         "linearizability_keys": report.linearizability.keys,
         "linearizability_ops": report.linearizability.ops,

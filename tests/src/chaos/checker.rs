@@ -142,8 +142,13 @@ pub fn durability(ops: &[Op]) -> Vec<Anomaly> {
             .iter()
             .copied()
             .filter(|w| {
-                matches!(&w.action, Action::Write { outcome: WriteOutcome::Acked { .. }, .. })
-                    && w.ret.is_some_and(|ret| ret < read.call)
+                matches!(
+                    &w.action,
+                    Action::Write {
+                        outcome: WriteOutcome::Acked { .. },
+                        ..
+                    }
+                ) && w.ret.is_some_and(|ret| ret < read.call)
             })
             .collect();
         // Acknowledged writes not followed by another acknowledged one that started after
@@ -164,8 +169,13 @@ pub fn durability(ops: &[Op]) -> Vec<Anomaly> {
             to_key
                 .iter()
                 .filter(|w| {
-                    matches!(&w.action, Action::Write { outcome: WriteOutcome::Unknown, .. })
-                        && read.ret.is_none_or(|ret| w.call < ret)
+                    matches!(
+                        &w.action,
+                        Action::Write {
+                            outcome: WriteOutcome::Unknown,
+                            ..
+                        }
+                    ) && read.ret.is_none_or(|ret| w.call < ret)
                 })
                 .map(|w| w.value()),
         );
@@ -394,7 +404,10 @@ mod tests {
             read("k", Some("k=1:1"), 10, true),
         ];
         assert_eq!(durability(&lost).len(), 1);
-        let gone = vec![write("k", Some("k=1:1"), 0, ACKED), read("k", None, 10, true)];
+        let gone = vec![
+            write("k", Some("k=1:1"), 0, ACKED),
+            read("k", None, 10, true),
+        ];
         assert_eq!(durability(&gone).len(), 1);
         // Both are stale reads for the linearizability oracle too.
         assert_eq!(linearizability(&lost, SEARCH_BUDGET).0.len(), 1);
@@ -448,6 +461,13 @@ mod tests {
         let diverged = [entry(5, "a", "1"), entry(6, "b", "other")];
         assert!(compare_logs(&diverged, &primary, 6).is_err());
         let missing = [entry(5, "a", "1"), entry(7, "b", "2")];
-        assert!(compare_logs(&missing, &[entry(5, "a", "1"), entry(6, "x", "y"), entry(7, "b", "2")], 7).is_err());
+        assert!(
+            compare_logs(
+                &missing,
+                &[entry(5, "a", "1"), entry(6, "x", "y"), entry(7, "b", "2")],
+                7
+            )
+            .is_err()
+        );
     }
 }

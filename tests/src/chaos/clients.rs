@@ -104,7 +104,10 @@ impl Clients {
         };
         for w in 0..WRITERS {
             let mut client = Caller::new(w, recorder, endpoints, &gate, seed);
-            spawn(format!("chaos-writer-{w}"), Box::new(move || client.write_loop()));
+            spawn(
+                format!("chaos-writer-{w}"),
+                Box::new(move || client.write_loop()),
+            );
         }
         for r in 0..=PRIMARY_READERS {
             let id = WRITERS + r;

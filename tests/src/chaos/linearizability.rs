@@ -232,7 +232,11 @@ mod tests {
     #[test]
     fn a_stale_read_is_flagged() {
         // b is acknowledged before the read starts, which still returns a.
-        let history = [w(0, Some(1), v("a")), w(2, Some(3), v("b")), r(4, 5, v("a"))];
+        let history = [
+            w(0, Some(1), v("a")),
+            w(2, Some(3), v("b")),
+            r(4, 5, v("a")),
+        ];
         assert_eq!(check(&history, BUDGET), Verdict::NotLinearizable);
     }
 
@@ -250,8 +254,16 @@ mod tests {
 
     #[test]
     fn a_read_concurrent_with_a_write_may_see_either_value() {
-        let old = [w(0, Some(1), v("a")), w(2, Some(10), v("b")), r(3, 4, v("a"))];
-        let new = [w(0, Some(1), v("a")), w(2, Some(10), v("b")), r(3, 4, v("b"))];
+        let old = [
+            w(0, Some(1), v("a")),
+            w(2, Some(10), v("b")),
+            r(3, 4, v("a")),
+        ];
+        let new = [
+            w(0, Some(1), v("a")),
+            w(2, Some(10), v("b")),
+            r(3, 4, v("b")),
+        ];
         assert_eq!(check(&old, BUDGET), Verdict::Linearizable);
         assert_eq!(check(&new, BUDGET), Verdict::Linearizable);
     }
@@ -277,7 +289,11 @@ mod tests {
             r(3, 4, v("a")),
             r(100, 101, v("b")),
         ];
-        let never = [w(0, Some(1), v("a")), w(2, None, v("b")), r(100, 101, v("a"))];
+        let never = [
+            w(0, Some(1), v("a")),
+            w(2, None, v("b")),
+            r(100, 101, v("a")),
+        ];
         assert_eq!(check(&late, BUDGET), Verdict::Linearizable);
         assert_eq!(check(&never, BUDGET), Verdict::Linearizable);
         // But not before it was sent, and once seen it stays until overwritten.

@@ -30,6 +30,8 @@ const PLUGIN: &str = "key-policy";
 const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a replica may take to catch up with its primary before a promotion.
 const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
+/// How long the primary may take to load a replaced plugin file.
+const PLUGIN_RELOAD_DEADLINE: Duration = Duration::from_secs(10);
 /// The deadline of the runner's own calls (observations, checkpoints).
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Between two prefix observations of the replicas.
@@ -62,6 +64,13 @@ pub struct Report {
     pub prefix_entries: u64,
     pub linearizability: LinearizabilityStats,
     pub checkpoints: u64,
+    /// Writes by outcome: acknowledged, unknown (no answer), refused.
+    pub acked: usize,
+    pub unknown: usize,
+    pub refused: usize,
+    /// Plugin files replaced, and replacements the primary was seen to load.
+    pub plugin_swaps: u64,
+    pub plugin_reloads_confirmed: u64,
     pub anomalies: Vec<Anomaly>,
     pub elapsed: Duration,
 }
@@ -276,10 +285,15 @@ impl Run {
                 }
             }
             Fault::Plugin { held } => {
-                // A truncated module: the node must refuse it and keep running the old one.
+                // A truncated module: the nodes must refuse it and keep running the old one.
                 self.replace_plugin(&self.good_plugin[..self.good_plugin.len() / 2]);
                 self.hold(held);
-                self.replace_plugin(&self.good_plugin.clone());
+                // Then another build of the good one (a custom section more, so the file
+                // differs), which the primary must load.
+                let loaded_before = self.plugin_loaded_at();
+                self.report.plugin_swaps += 1;
+                self.replace_plugin(&rebuilt(&self.good_plugin, self.report.plugin_swaps));
+                self.confirm_plugin_reload(loaded_before);
             }
             Fault::Promote { replica } => self.promote(self.replicas()[replica], clients),
         }
@@ -290,6 +304,34 @@ impl Run {
         let aside = self.plugin_file.with_extension("new");
         std::fs::write(&aside, bytes).expect("write the new plugin file");
         std::fs::rename(&aside, &self.plugin_file).expect("move the new plugin file in place");
+    }
+
+    /// When the primary loaded the running version of the plugin (0 if it cannot tell).
+    fn plugin_loaded_at(&self) -> u64 {
+        let client = self.members[self.primary]
+            .process
+            .client_with_timeout(OBSERVE_TIMEOUT);
+        block_on(client.list_plugins())
+            .ok()
+            .and_then(|plugins| plugins.into_iter().find(|p| p.name == PLUGIN))
+            .map_or(0, |p| p.loaded_at_ms)
+    }
+
+    /// Wait until the primary runs a version of the plugin loaded after `before`; a node
+    /// that does not is reported, though no oracle depends on it.
+    fn confirm_plugin_reload(&mut self, before: u64) {
+        let deadline = Instant::now() + PLUGIN_RELOAD_DEADLINE;
+        while Instant::now() < deadline {
+            if self.plugin_loaded_at() > before {
+                self.report.plugin_reloads_confirmed += 1;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "warning: the primary did not load the replaced plugin within \
+             {PLUGIN_RELOAD_DEADLINE:?}"
+        );
     }
 
     /// A switchover: with the clients paused, let `new` catch up with the primary, promote
@@ -459,6 +501,23 @@ impl Run {
         let ops = self.recorder.ops();
         self.report.writes = ops.iter().filter(|op| op.is_write()).count();
         self.report.reads = ops.len() - self.report.writes;
+        for op in &ops {
+            match &op.action {
+                Action::Write {
+                    outcome: WriteOutcome::Acked { .. },
+                    ..
+                } => self.report.acked += 1,
+                Action::Write {
+                    outcome: WriteOutcome::Unknown,
+                    ..
+                } => self.report.unknown += 1,
+                Action::Write {
+                    outcome: WriteOutcome::Refused,
+                    ..
+                } => self.report.refused += 1,
+                Action::Read { .. } => {}
+            }
+        }
         let mut found = checker::no_invention(&ops);
         found.extend(checker::durability(&ops));
         let (lin, stats) = checker::linearizability(&ops, checker::SEARCH_BUDGET);
@@ -484,6 +543,20 @@ impl Run {
             );
         }
     }
+}
+
+/// `module` with a custom section appended that names build `n`: the same plugin, another
+/// file.
+fn rebuilt(module: &[u8], n: u64) -> Vec<u8> {
+    let name = b"chaos-build";
+    let payload = n.to_le_bytes();
+    let size = 1 + name.len() + payload.len();
+    let size = u8::try_from(size).expect("a section shorter than 128 bytes (one LEB128 byte)");
+    let mut out = module.to_vec();
+    out.extend([0, size, name.len() as u8]);
+    out.extend(name);
+    out.extend(payload);
+    out
 }
 
 fn proxy_to(primary: &NodeProcess) -> FaultProxy {

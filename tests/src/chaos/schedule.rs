@@ -69,7 +69,9 @@ impl Fault {
         match self {
             Fault::Kill { .. } => "kill",
             Fault::Pause { .. } => "pause",
-            Fault::Link { link: Link::Drop, .. } => "link-drop",
+            Fault::Link {
+                link: Link::Drop, ..
+            } => "link-drop",
             Fault::Link {
                 link: Link::Delay(_),
                 ..
