@@ -266,14 +266,28 @@ pub fn linearizability(ops: &[Op], budget: u64) -> (Vec<Anomaly>, Linearizabilit
         match linearizability::check(&history, budget) {
             Verdict::Linearizable => {}
             Verdict::GaveUp => stats.gave_up += 1,
-            Verdict::NotLinearizable => anomalies.push(Anomaly::new(
-                Oracle::Linearizability,
-                format!(
-                    "the history of key {} ({} ops) is not linearizable",
-                    text(Some(key)),
-                    history.len()
-                ),
-            )),
+            Verdict::NotLinearizable {
+                linearized,
+                stuck_at,
+            } => {
+                let stuck = &history[stuck_at];
+                anomalies.push(Anomaly::new(
+                    Oracle::Linearizability,
+                    format!(
+                        "the history of key {} ({} ops) is not linearizable: at most {linearized} \
+                         ops fit in an order, which then cannot place {} (called at {} ns, \
+                         returned at {:?} ns)",
+                        text(Some(key)),
+                        history.len(),
+                        match &stuck.op {
+                            RegisterOp::Write(v) => format!("the write of {}", text(v.as_ref())),
+                            RegisterOp::Read(v) => format!("the read of {}", text(v.as_ref())),
+                        },
+                        stuck.call,
+                        stuck.ret
+                    ),
+                ));
+            }
         }
     }
     (anomalies, stats)

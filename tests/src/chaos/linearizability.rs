@@ -44,7 +44,12 @@ pub struct Timed {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Linearizable,
-    NotLinearizable,
+    /// For diagnosis: the most operations any order managed to linearize, and the one whose
+    /// return that order then reached (an index into the history).
+    NotLinearizable {
+        linearized: usize,
+        stuck_at: usize,
+    },
     /// The search took more than its budget of steps: neither verdict.
     GaveUp,
 }
@@ -153,6 +158,7 @@ impl Search {
         let mut cache: HashSet<(Vec<u64>, u32)> = HashSet::new();
         let mut entry = self.next[head];
         let mut steps = 0u64;
+        let (mut deepest, mut stuck_at) = (0, 0);
         while self.next[head] != head {
             steps += 1;
             if steps > budget {
@@ -177,8 +183,14 @@ impl Search {
                 entry = self.next[entry];
             } else {
                 // The return of an operation not linearized yet: undo the last choice.
+                if stack.len() >= deepest {
+                    (deepest, stuck_at) = (stack.len(), op);
+                }
                 let Some((last, before)) = stack.pop() else {
-                    return Verdict::NotLinearizable;
+                    return Verdict::NotLinearizable {
+                        linearized: deepest,
+                        stuck_at,
+                    };
                 };
                 state = before;
                 linearized[last / 64] &= !(1 << (last % 64));
@@ -237,19 +249,28 @@ mod tests {
             w(2, Some(3), v("b")),
             r(4, 5, v("a")),
         ];
-        assert_eq!(check(&history, BUDGET), Verdict::NotLinearizable);
+        assert!(matches!(
+            check(&history, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
     }
 
     #[test]
     fn a_lost_acknowledged_write_is_flagged() {
         let history = [w(0, Some(1), v("a")), r(10, 11, None)];
-        assert_eq!(check(&history, BUDGET), Verdict::NotLinearizable);
+        assert!(matches!(
+            check(&history, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
     }
 
     #[test]
     fn an_invented_value_is_flagged() {
         let history = [w(0, Some(1), v("a")), r(2, 3, v("zzz"))];
-        assert_eq!(check(&history, BUDGET), Verdict::NotLinearizable);
+        assert!(matches!(
+            check(&history, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
     }
 
     #[test]
@@ -278,7 +299,10 @@ mod tests {
             r(3, 4, v("b")),
             r(5, 6, v("a")),
         ];
-        assert_eq!(check(&history, BUDGET), Verdict::NotLinearizable);
+        assert!(matches!(
+            check(&history, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
     }
 
     #[test]
@@ -304,8 +328,14 @@ mod tests {
             r(3, 4, v("b")),
             r(5, 6, v("a")),
         ];
-        assert_eq!(check(&early, BUDGET), Verdict::NotLinearizable);
-        assert_eq!(check(&flicker, BUDGET), Verdict::NotLinearizable);
+        assert!(matches!(
+            check(&early, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
+        assert!(matches!(
+            check(&flicker, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
     }
 
     #[test]
@@ -325,7 +355,10 @@ mod tests {
             r(11, 12, v("b")),
             r(13, 14, v("a")),
         ];
-        assert_eq!(check(&impossible, BUDGET), Verdict::NotLinearizable);
+        assert!(matches!(
+            check(&impossible, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
     }
 
     #[test]
