@@ -16,7 +16,7 @@ pub const TEST_SEED: u64 = 8;
 
 const BEGIN: &str = "<!-- chaos:begin -->";
 const END: &str = "<!-- chaos:end -->";
-const HEADER: &str = "| seed | seconds | faults | by kind | writes | reads | linearizability keys / ops | prefix entries compared | anomalies |\n|---:|---:|---:|---|---:|---:|---:|---:|---:|";
+const HEADER: &str = "| seed | seconds | faults | by kind | writes | reads | linearizability histories / ops | prefix entries compared | anomalies |\n|---:|---:|---:|---|---:|---:|---:|---:|---:|";
 
 /// The figures the runner writes with `--summary`.
 #[derive(Deserialize)]
@@ -26,7 +26,7 @@ struct Summary {
     faults: BTreeMap<String, u64>,
     writes: u64,
     reads: u64,
-    linearizability_keys: u64,
+    linearizability_histories: u64,
     linearizability_ops: u64,
     prefix_entries: u64,
     anomalies: u64,
@@ -108,7 +108,7 @@ fn record_run(path: &Path, run: &Summary) -> Result<()> {
         kinds.join(", "),
         run.writes,
         run.reads,
-        run.linearizability_keys,
+        run.linearizability_histories,
         run.linearizability_ops,
         run.prefix_entries,
         run.anomalies

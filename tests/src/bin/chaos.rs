@@ -28,6 +28,9 @@ struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     summary: Option<PathBuf>,
+    /// Print the schedule and stop.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn main() -> Result<()> {
@@ -41,6 +44,9 @@ fn main() -> Result<()> {
     );
     for event in &events {
         println!("{:>7.1}s  {}", event.at.as_secs_f64(), event.fault);
+    }
+    if args.dry_run {
+        return Ok(());
     }
     println!("---- run");
     let options = Options {
@@ -90,13 +96,17 @@ fn print_report(seed: u64, report: &Report) {
         report.checkpoints
     );
     println!(
+        "acknowledged writes discarded by failovers: {}",
+        report.discarded
+    );
+    println!(
         "plugin swaps: {}, new version seen loaded on the primary: {}",
         report.plugin_swaps, report.plugin_reloads_confirmed
     );
     let lin = &report.linearizability;
     println!(
-        "linearizability: {} keys, {} ops, {} searches gave up",
-        lin.keys, lin.ops, lin.gave_up
+        "linearizability: {} histories (key x primary term), {} ops, {} left unchecked",
+        lin.segments, lin.ops, lin.unchecked
     );
     println!(
         "prefix: {} observations, {} log entries compared",
@@ -126,10 +136,11 @@ fn summary(seed: u64, seconds: u64, report: &Report) -> serde_json::Value {
         "acked": report.acked,
         "unknown": report.unknown,
         "refused": report.refused,
+        "discarded": report.discarded,
         "checkpoints": report.checkpoints,
-        "linearizability_keys": report.linearizability.keys,
+        "linearizability_histories": report.linearizability.segments,
         "linearizability_ops": report.linearizability.ops,
-        "linearizability_gave_up": report.linearizability.gave_up,
+        "linearizability_unchecked": report.linearizability.unchecked,
         "prefix_observations": report.prefix_observations,
         "prefix_entries": report.prefix_entries,
         "anomalies": report.anomalies.len(),

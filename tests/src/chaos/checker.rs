@@ -20,7 +20,7 @@ use std::fmt;
 use bytes::Bytes;
 use wasmkv::api::proto::Entry;
 
-use super::history::{Action, Op, WriteOutcome};
+use super::history::{Action, Op, Rollback, WriteOutcome};
 use super::linearizability::{self, RegisterOp, Timed, Verdict};
 
 /// Which oracle found an anomaly.
@@ -121,13 +121,35 @@ pub fn no_invention(ops: &[Op]) -> Vec<Anomaly> {
 /// Each checkpoint read returned what the acknowledged writes before it leave: the value of
 /// an acknowledged write to the key that no later acknowledged write superseded, or of a
 /// write whose outcome is unknown (it may have been applied late); absent only if no
-/// acknowledged write preceded it or the surviving one is a delete.
-pub fn durability(ops: &[Op]) -> Vec<Anomaly> {
+/// acknowledged write preceded it or the surviving one is a delete. Writes a failover
+/// discarded (`rollbacks`) do not count, but one acknowledged with `min_replicas` ≥ 1 must
+/// not have been discarded: the most advanced replica, the one promoted, had confirmed it.
+pub fn durability(ops: &[Op], rollbacks: &[Rollback]) -> Vec<Anomaly> {
+    let mut anomalies = Vec::new();
     let mut writes: HashMap<&Bytes, Vec<&Op>> = HashMap::new();
     for op in ops.iter().filter(|op| op.is_write()) {
-        writes.entry(&op.key).or_default().push(op);
+        if !rollbacks.iter().any(|r| r.discards(op)) {
+            writes.entry(&op.key).or_default().push(op);
+            continue;
+        }
+        if let Action::Write {
+            min_replicas: 1..,
+            outcome: WriteOutcome::Acked { lsn },
+            value,
+        } = &op.action
+        {
+            anomalies.push(Anomaly::new(
+                Oracle::Durability,
+                format!(
+                    "the write of {} to key {} (LSN {lsn}, term {}) was acknowledged with \
+                     min_replicas ≥ 1 but is not on the primary promoted after a crash",
+                    text(value.as_ref()),
+                    text(Some(&op.key)),
+                    op.term
+                ),
+            ));
+        }
     }
-    let mut anomalies = Vec::new();
     for read in ops {
         let Action::Read {
             got,
@@ -203,27 +225,36 @@ pub fn durability(ops: &[Op]) -> Vec<Anomaly> {
 /// What the linearizability oracle went through.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinearizabilityStats {
-    pub keys: usize,
+    /// Histories checked: one per key and primary term.
+    pub segments: usize,
     pub ops: usize,
-    /// Keys whose search ran out of budget (neither verdict).
-    pub gave_up: usize,
+    /// Histories left unchecked: the search ran out of budget, or the term's starting state
+    /// is unknown.
+    pub unchecked: usize,
 }
 
 /// Steps the search may take per key before giving up.
 pub const SEARCH_BUDGET: u64 = 20_000_000;
 
-/// Per key, the register history of the writes (acknowledged, or unknown) and of the reads
-/// the primary served must be linearizable. A write of unknown outcome whose value nobody
-/// read is left out: it is indistinguishable from one never applied, and left in it only
-/// widens the search.
+/// Per key and primary term, the register history of the writes (acknowledged, or unknown)
+/// and of the reads the primary served must be linearizable. A term after a promotion
+/// starts from what the new primary held then, as its checkpoint read it (how that relates
+/// to the term before is the durability oracle's business); a failover may discard writes,
+/// so one history across terms would not be linearizable. A write of unknown outcome whose
+/// value nobody read is left out: it is indistinguishable from one never applied, and left
+/// in it only widens the search.
 pub fn linearizability(ops: &[Op], budget: u64) -> (Vec<Anomaly>, LinearizabilityStats) {
     let read_values: HashSet<&Bytes> = ops
         .iter()
         .filter(|op| !op.is_write())
         .filter_map(Op::value)
         .collect();
-    let mut per_key: HashMap<&Bytes, Vec<Timed>> = HashMap::new();
-    for op in ops {
+    let mut per_key: HashMap<(&Bytes, u32), Vec<Timed>> = HashMap::new();
+    // Histories of a later term that start from a checkpoint.
+    let mut seeded: HashSet<(&Bytes, u32)> = HashSet::new();
+    let mut sorted: Vec<&Op> = ops.iter().collect();
+    sorted.sort_by_key(|op| op.call);
+    for op in sorted {
         let timed = match &op.action {
             Action::Write { outcome, value, .. } => match outcome {
                 WriteOutcome::Refused => continue,
@@ -246,26 +277,43 @@ pub fn linearizability(ops: &[Op], budget: u64) -> (Vec<Anomaly>, Linearizabilit
             Action::Read {
                 got,
                 on_primary: true,
-                ..
-            } => Timed {
-                call: op.call,
-                ret: op.ret,
-                op: RegisterOp::Read(got.clone()),
-            },
+                checkpoint,
+            } => {
+                let segment = per_key.entry((&op.key, op.term)).or_default();
+                if op.term > 0 && segment.is_empty() && *checkpoint {
+                    seeded.insert((&op.key, op.term));
+                    // The term's starting state: as if written just before its first read.
+                    segment.push(Timed {
+                        call: op.call,
+                        ret: Some(op.call),
+                        op: RegisterOp::Write(got.clone()),
+                    });
+                }
+                Timed {
+                    call: op.call,
+                    ret: op.ret,
+                    op: RegisterOp::Read(got.clone()),
+                }
+            }
             Action::Read { .. } => continue,
         };
-        per_key.entry(&op.key).or_default().push(timed);
+        per_key.entry((&op.key, op.term)).or_default().push(timed);
     }
     let mut stats = LinearizabilityStats::default();
     let mut anomalies = Vec::new();
-    let mut keys: Vec<_> = per_key.into_iter().collect();
-    keys.sort_by(|a, b| a.0.cmp(b.0));
-    for (key, history) in keys {
-        stats.keys += 1;
+    let mut segments: Vec<_> = per_key.into_iter().collect();
+    segments.sort_by(|a, b| a.0.cmp(&b.0));
+    for ((key, term), history) in segments {
+        stats.segments += 1;
         stats.ops += history.len();
+        if term > 0 && !seeded.contains(&(key, term)) {
+            // No checkpoint read the new primary's state: nothing to start from.
+            stats.unchecked += 1;
+            continue;
+        }
         match linearizability::check(&history, budget) {
             Verdict::Linearizable => {}
-            Verdict::GaveUp => stats.gave_up += 1,
+            Verdict::GaveUp => stats.unchecked += 1,
             Verdict::NotLinearizable {
                 linearized,
                 stuck_at,
@@ -274,9 +322,9 @@ pub fn linearizability(ops: &[Op], budget: u64) -> (Vec<Anomaly>, Linearizabilit
                 anomalies.push(Anomaly::new(
                     Oracle::Linearizability,
                     format!(
-                        "the history of key {} ({} ops) is not linearizable: at most {linearized} \
-                         ops fit in an order, which then cannot place {} (called at {} ns, \
-                         returned at {:?} ns)",
+                        "the history of key {} in term {term} ({} ops) is not linearizable: at \
+                         most {linearized} ops fit in an order, which then cannot place {} \
+                         (called at {} ns, returned at {:?} ns)",
                         text(Some(key)),
                         history.len(),
                         match &stuck.op {
@@ -346,6 +394,7 @@ mod tests {
     fn write(key: &str, value: Option<&str>, call: u64, outcome: WriteOutcome) -> Op {
         Op {
             client: 1,
+            term: 0,
             key: b(key),
             call,
             ret: (outcome != WriteOutcome::Unknown).then_some(call + 1),
@@ -360,6 +409,7 @@ mod tests {
     fn read(key: &str, got: Option<&str>, call: u64, checkpoint: bool) -> Op {
         Op {
             client: 2,
+            term: 0,
             key: b(key),
             call,
             ret: Some(call + 1),
@@ -387,10 +437,10 @@ mod tests {
             read("other", None, 16, true),
         ];
         assert_eq!(no_invention(&ops), []);
-        assert_eq!(durability(&ops), []);
+        assert_eq!(durability(&ops, &[]), []);
         let (anomalies, stats) = linearizability(&ops, SEARCH_BUDGET);
         assert_eq!(anomalies, []);
-        assert_eq!(stats.keys, 2);
+        assert_eq!(stats.segments, 2);
         // The unknown write nobody read and the refused one are left out.
         assert_eq!(stats.ops, 7);
     }
@@ -417,12 +467,12 @@ mod tests {
             write("k", Some("k=1:2"), 2, ACKED),
             read("k", Some("k=1:1"), 10, true),
         ];
-        assert_eq!(durability(&lost).len(), 1);
+        assert_eq!(durability(&lost, &[]).len(), 1);
         let gone = vec![
             write("k", Some("k=1:1"), 0, ACKED),
             read("k", None, 10, true),
         ];
-        assert_eq!(durability(&gone).len(), 1);
+        assert_eq!(durability(&gone, &[]).len(), 1);
         // Both are stale reads for the linearizability oracle too.
         assert_eq!(linearizability(&lost, SEARCH_BUDGET).0.len(), 1);
         assert_eq!(linearizability(&gone, SEARCH_BUDGET).0.len(), 1);
@@ -446,6 +496,64 @@ mod tests {
             checkpoint: false,
         };
         assert_eq!(linearizability(&on_replica, SEARCH_BUDGET).0, []);
+    }
+
+    fn in_term(term: u32, mut op: Op) -> Op {
+        op.term = term;
+        op
+    }
+
+    fn with_min_replicas(mut op: Op) -> Op {
+        if let Action::Write { min_replicas, .. } = &mut op.action {
+            *min_replicas = 1;
+        }
+        op
+    }
+
+    #[test]
+    fn a_failover_may_discard_writes_but_not_those_confirmed_by_a_replica() {
+        // Term 0 acknowledges LSNs 10 and 11; the promoted replica had 10 only.
+        let ops = vec![
+            write("k", Some("k=1:1"), 0, WriteOutcome::Acked { lsn: 10 }),
+            write("k", Some("k=1:2"), 2, WriteOutcome::Acked { lsn: 11 }),
+            read("k", Some("k=1:2"), 4, false),
+            in_term(1, read("k", Some("k=1:1"), 10, true)),
+            in_term(1, read("k", Some("k=1:1"), 12, false)),
+            in_term(
+                1,
+                write("k", Some("k=1:3"), 14, WriteOutcome::Acked { lsn: 11 }),
+            ),
+            in_term(1, read("k", Some("k=1:3"), 16, false)),
+        ];
+        let rollback = [Rollback {
+            term: 0,
+            after_lsn: 10,
+        }];
+        assert_eq!(durability(&ops, &rollback), []);
+        let (anomalies, stats) = linearizability(&ops, SEARCH_BUDGET);
+        assert_eq!(anomalies, []);
+        assert_eq!((stats.segments, stats.unchecked), (2, 0));
+        // Without the failover, the checkpoint lost an acknowledged write.
+        assert_eq!(durability(&ops, &[]).len(), 1);
+        // And with min_replicas, the discarded write had been confirmed by a replica.
+        let mut confirmed = ops.clone();
+        confirmed[1] = with_min_replicas(confirmed[1].clone());
+        let anomalies = durability(&confirmed, &rollback);
+        assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+        assert!(anomalies[0].detail.contains("min_replicas"));
+    }
+
+    #[test]
+    fn a_stale_read_after_a_promotion_is_flagged() {
+        let ops = vec![
+            write("k", Some("k=1:1"), 0, ACKED),
+            in_term(1, read("k", Some("k=1:1"), 10, true)),
+            in_term(1, write("k", Some("k=1:2"), 12, ACKED)),
+            in_term(1, read("k", Some("k=1:1"), 14, false)),
+        ];
+        let (anomalies, _) = linearizability(&ops, SEARCH_BUDGET);
+        assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+        assert!(anomalies[0].detail.contains("term 1"));
     }
 
     fn entry(lsn: u64, key: &str, value: &str) -> Entry {

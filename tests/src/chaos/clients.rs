@@ -37,17 +37,18 @@ pub const DENIED_PREFIX: &str = "deny:";
 /// clients paused).
 #[derive(Default)]
 pub struct Endpoints {
-    primary: Mutex<String>,
+    /// The primary's term and address.
+    primary: Mutex<(u32, String)>,
     replicas: Mutex<Vec<String>>,
 }
 
 impl Endpoints {
-    pub fn set(&self, primary: String, replicas: Vec<String>) {
-        *self.primary.lock().unwrap_or_else(PoisonError::into_inner) = primary;
+    pub fn set(&self, term: u32, primary: String, replicas: Vec<String>) {
+        *self.primary.lock().unwrap_or_else(PoisonError::into_inner) = (term, primary);
         *self.replicas.lock().unwrap_or_else(PoisonError::into_inner) = replicas;
     }
 
-    fn primary(&self) -> String {
+    fn primary(&self) -> (u32, String) {
         self.primary
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -211,7 +212,8 @@ impl Caller {
         let delete = !denied && self.rng.u8(..100) < 12;
         let min_replicas = u32::from(!delete && self.rng.u8(..100) < 20);
         let value = (!delete).then(|| unique_value(&key, self.id, seq, self.rng.usize(16..200)));
-        let client = self.client(&self.endpoints.primary());
+        let (term, primary) = self.endpoints.primary();
+        let client = self.client(&primary);
         let call = self.recorder.now();
         let result = block_on(async {
             match &value {
@@ -229,6 +231,7 @@ impl Caller {
         let outcome = outcome(&result);
         self.recorder.record(Op {
             client: self.id,
+            term,
             key,
             call,
             ret: (outcome != WriteOutcome::Unknown).then_some(now),
@@ -245,8 +248,9 @@ impl Caller {
         let keys = all_keys();
         self.run(|me| {
             let key = keys[me.rng.usize(..keys.len())].clone();
+            let (term, primary) = me.endpoints.primary();
             let address = if on_primary {
-                Some(me.endpoints.primary())
+                Some(primary)
             } else {
                 me.endpoints.replica(&mut me.rng)
             };
@@ -262,6 +266,7 @@ impl Caller {
             };
             me.recorder.record(Op {
                 client: me.id,
+                term,
                 key,
                 call,
                 ret: Some(ret),

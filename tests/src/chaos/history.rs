@@ -52,6 +52,9 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Op {
     pub client: u32,
+    /// The primary's term when the call was sent: 0 at the start, one more at every
+    /// promotion.
+    pub term: u32,
     pub key: Bytes,
     /// When the call was sent.
     pub call: Nanos,
@@ -71,6 +74,26 @@ impl Op {
             Action::Write { value, .. } => value.as_ref(),
             Action::Read { got, .. } => got.as_ref(),
         }
+    }
+}
+
+/// A failover (a promotion after the primary crashed) ended `term`: the new primary holds
+/// its history through `after_lsn` only, so the term's acknowledged writes beyond it are
+/// lost, as they may be unless acknowledged with `min_replicas` ≥ 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rollback {
+    pub term: u32,
+    pub after_lsn: u64,
+}
+
+impl Rollback {
+    /// Whether `op` is an acknowledged write this failover discarded.
+    pub fn discards(&self, op: &Op) -> bool {
+        op.term == self.term
+            && matches!(
+                &op.action,
+                Action::Write { outcome: WriteOutcome::Acked { lsn }, .. } if *lsn > self.after_lsn
+            )
     }
 }
 

@@ -58,9 +58,14 @@ pub enum Fault {
     /// The validator's `.wasm` overwritten with a broken build for `held` (the node must
     /// refuse it and keep the running one), then with a fresh copy of the good one (reloaded).
     Plugin { held: Duration },
-    /// Clients paused, the replica caught up and promoted, the old primary and the other
-    /// replica told to follow it, clients resumed on it.
+    /// A switchover: clients paused, the replica caught up and promoted, the old primary
+    /// and the other replica told to follow it, clients resumed on it.
     Promote { replica: usize },
+    /// A failover: the primary SIGKILLed, the most advanced replica promoted as it is, the
+    /// other replica and the old primary (restarted) told to follow it. Writes the promoted
+    /// replica had not received are lost, as they may be unless acknowledged with
+    /// `min_replicas` ≥ 1.
+    Failover,
 }
 
 impl Fault {
@@ -85,6 +90,7 @@ impl Fault {
             } => "link-refuse",
             Fault::Plugin { .. } => "plugin-swap",
             Fault::Promote { .. } => "promote",
+            Fault::Failover => "failover",
         }
     }
 }
@@ -101,6 +107,7 @@ impl fmt::Display for Fault {
             } => write!(f, "link of replica#{replica}: {link:?} for {held:?}"),
             Fault::Plugin { held } => write!(f, "plugin file broken for {held:?}, then replaced"),
             Fault::Promote { replica } => write!(f, "promote replica#{replica}"),
+            Fault::Failover => f.write_str("SIGKILL primary, promote the most advanced replica"),
         }
     }
 }
@@ -146,12 +153,13 @@ pub fn generate(seed: u64, seconds: u64) -> Vec<Event> {
                 },
                 held: ms(&mut rng, 300, 4000),
             },
-            75..87 => Fault::Plugin {
+            75..85 => Fault::Plugin {
                 held: ms(&mut rng, 200, 2000),
             },
-            _ => Fault::Promote {
+            85..93 => Fault::Promote {
                 replica: rng.usize(..2),
             },
+            _ => Fault::Failover,
         };
         if at + held(&fault) >= end {
             return events;
@@ -166,7 +174,7 @@ fn held(fault: &Fault) -> Duration {
     match fault {
         Fault::Kill { down, .. } => *down,
         Fault::Pause { held, .. } | Fault::Link { held, .. } | Fault::Plugin { held } => *held,
-        Fault::Promote { .. } => Duration::from_secs(1),
+        Fault::Promote { .. } | Fault::Failover => Duration::from_secs(1),
     }
 }
 
@@ -190,6 +198,6 @@ mod tests {
             assert!(last.at + held(&last.fault) < Duration::from_secs(60));
             kinds.extend(events.iter().map(|e| e.fault.kind()));
         }
-        assert_eq!(kinds.len(), 8, "{kinds:?}");
+        assert_eq!(kinds.len(), 9, "{kinds:?}");
     }
 }
