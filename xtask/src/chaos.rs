@@ -116,11 +116,17 @@ fn record_run(path: &Path, run: &Summary) -> Result<()> {
     let totals = totals(&rows)?;
     let new_section = format!(
         "\n## Chaos runs\n\nRandomized fault injection (`cargo xtask chaos --seconds N --seed S \
-         --record`): a primary and two replicas (`sync: always`, a validator plugin), clients \
-         writing and reading throughout, and a schedule of SIGKILLs, SIGSTOPs, link faults, \
-         plugin swaps and promotions drawn from the seed; checked for durability, no \
-         invention, replica prefixes, convergence and per-key linearizability. See \
-         `tests/src/chaos/`.\n\n{totals}\n\n{HEADER}\n{}\n",
+         --record`, debug build, on the 2 shared cores this file's runs were made on): a \
+         primary and two replicas (`sync: always`, the key-policy validator), three writers, \
+         two readers of the primary and one of the replicas throughout, and a schedule drawn \
+         from the seed of SIGKILLs and restarts, SIGSTOPs, replication links dropped, \
+         delayed, blackholed or refused, plugin files replaced, switchovers (a caught-up \
+         replica promoted) and failovers (the primary killed, the most advanced replica \
+         promoted, the old primary rejoining). Every operation is checked for durability \
+         (acknowledged writes survive crashes and switchovers; a failover may discard only \
+         writes not confirmed with `min_replicas` ≥ 1), no invention, replica logs being \
+         prefixes of their primary's, convergence after the faults, and per-key \
+         linearizability on the primary. See `tests/src/chaos/`.\n\n{totals}\n\n{HEADER}\n{}\n",
         rows.join("\n")
     );
     let updated = format!(
@@ -160,4 +166,45 @@ fn totals(rows: &[String]) -> Result<String> {
         rows.len(),
         kinds.join(", ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(seed: u64, kills: u64) -> Summary {
+        Summary {
+            seed,
+            seconds: 60,
+            faults: BTreeMap::from([("kill".to_owned(), kills), ("pause".to_owned(), 1)]),
+            writes: 10,
+            reads: 20,
+            linearizability_histories: 3,
+            linearizability_ops: 25,
+            prefix_entries: 7,
+            anomalies: 0,
+        }
+    }
+
+    #[test]
+    fn runs_are_added_between_the_markers_with_totals_and_the_rest_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ROBUSTNESS.md");
+        let fuzz = "<!-- fuzz:begin -->\nfuzz figures\n<!-- fuzz:end -->\n";
+        std::fs::write(&path, format!("# Robustness\n\n{fuzz}")).unwrap();
+        record_run(&path, &run(1, 2)).unwrap();
+        record_run(&path, &run(2, 3)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(fuzz), "{text}");
+        assert_eq!(text.matches(BEGIN).count(), 1, "{text}");
+        assert!(text.contains("| 1 | 60 | 3 | kill 2, pause 1 | 10 | 20 | 3 / 25 | 7 | 0 |"));
+        assert!(
+            text.contains(
+                "**2 runs, 120 s of faults, 7 faults injected (kill 5, pause 2), 60 operations \
+                 checked, 0 anomalies.**"
+            ),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with(END), "{text}");
+    }
 }

@@ -4,28 +4,27 @@
 //! at the end.
 //!
 //! While faults are held and between them, the runner keeps observing the replicas for the
-//! prefix oracle. After a crash of the primary and after a promotion it pauses the clients
-//! and reads every key from the primary (a durability checkpoint, recorded as reads). Once
-//! the schedule is over, every node is running and every link healed: the clients stop, the
-//! nodes must converge, a last checkpoint is read, and the history goes to the checker.
+//! prefix oracle ([`super::prefix`]). After a crash of the primary and after a promotion
+//! (a switchover, or a failover that may discard writes: recorded as a [`Rollback`]) it
+//! pauses the clients and reads every key from the primary (a durability checkpoint,
+//! recorded as reads, which also gives a new term its starting state). Once the schedule is
+//! over, every node is running and every link healed: the clients stop, the nodes must
+//! converge, a last checkpoint is read, and the history goes to the checker.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tempfile::TempDir;
-use wasmkv::client::ClientError;
 
 use super::checker::{self, Anomaly, LinearizabilityStats, Oracle};
 use super::clients::{Clients, DENIED_PREFIX, Endpoints, all_keys};
 use super::history::{Action, Op, Recorder, Rollback, WriteOutcome};
+use super::plugin::{self, PluginFile};
+use super::prefix::PrefixObserver;
 use super::schedule::{Event, Fault, Link, Target};
 use crate::cluster::{NodeConfig, NodeProcess, block_on, try_converged};
 use crate::proxy::FaultProxy;
 
-/// The validator every node runs (and whose file a `Plugin` fault replaces).
-const PLUGIN: &str = "key-policy";
 /// How long the nodes may take to hold equal data once the faults are over.
 const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a replica may take to catch up with its primary before a promotion.
@@ -38,10 +37,6 @@ const CHECKPOINT_DEADLINE: Duration = Duration::from_secs(15);
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Between two prefix observations of the replicas.
 const OBSERVE_EVERY: Duration = Duration::from_millis(500);
-/// How far back in a replica's log an observation compares, at most.
-const OBSERVE_WINDOW: u64 = 4000;
-/// Log records per `GetUpdates` page.
-const PAGE: u32 = 1000;
 
 /// What a run is asked to do.
 #[derive(Clone, Debug)]
@@ -101,15 +96,12 @@ struct Run {
     rollbacks: Vec<Rollback>,
     /// The node configuration without a role.
     base: NodeConfig,
-    plugin_file: PathBuf,
-    good_plugin: Vec<u8>,
+    plugin: PluginFile,
     endpoints: Arc<Endpoints>,
     recorder: Recorder,
-    /// Per node: how far its log was compared with its primary's.
-    compared_to: Vec<u64>,
+    prefix: PrefixObserver,
     last_observed: Instant,
     report: Report,
-    _plugin_dir: TempDir,
 }
 
 /// Run `events` against a fresh cluster and check everything; `log` gets a line per event.
@@ -141,22 +133,10 @@ pub fn run(options: &Options, events: &[Event], log: &mut dyn FnMut(String)) -> 
 
 impl Run {
     fn start(options: &Options) -> Run {
-        let plugin_dir = tempfile::Builder::new()
-            .prefix("wasmkv-chaos-plugins-")
-            .tempdir()
-            .expect("create the run's plugin directory");
-        let source = options.plugin_dir.join(format!("{PLUGIN}.wasm"));
-        let good_plugin = std::fs::read(&source).unwrap_or_else(|e| {
-            panic!(
-                "cannot read {}: {e} (build the plugins with `cargo xtask plugins`)",
-                source.display()
-            )
-        });
-        let plugin_file = plugin_dir.path().join(format!("{PLUGIN}.wasm"));
-        std::fs::write(&plugin_file, &good_plugin).expect("copy the plugin");
+        let plugin = PluginFile::install(&options.plugin_dir);
         let base = NodeConfig::default()
             .sync("always")
-            .plugins(&plugins_section(plugin_dir.path()));
+            .plugins(&plugin.section());
         let primary = NodeProcess::start("n0", base.clone());
         let mut members = vec![Member {
             process: primary,
@@ -179,14 +159,12 @@ impl Run {
             term: 0,
             rollbacks: Vec::new(),
             base,
-            plugin_file,
-            good_plugin,
+            plugin,
             endpoints: Arc::default(),
             recorder: Recorder::new(),
-            compared_to: vec![0; 3],
+            prefix: PrefixObserver::new(3),
             last_observed: Instant::now(),
             report: Report::default(),
-            _plugin_dir: plugin_dir,
         };
         run.publish_endpoints();
         run
@@ -213,7 +191,7 @@ impl Run {
             Fault::Link { replica, .. } | Fault::Promote { replica } => {
                 node(self.replicas()[replica])
             }
-            Fault::Plugin { .. } => format!("{}", self.plugin_file.display()),
+            Fault::Plugin { .. } => format!("{}", self.plugin.path().display()),
             Fault::Failover => node(self.primary),
         }
     }
@@ -297,54 +275,25 @@ impl Run {
                 }
             }
             Fault::Plugin { held } => {
-                // A truncated module: the nodes must refuse it and keep running the old one.
-                self.replace_plugin(&self.good_plugin[..self.good_plugin.len() / 2]);
+                self.plugin.break_it();
                 self.hold(held);
-                // Then another build of the good one (a custom section more, so the file
-                // differs), which the primary must load.
-                let loaded_before = self.plugin_loaded_at();
+                let primary = &self.members[self.primary].process;
+                let before = plugin::loaded_at(primary);
+                self.plugin.rebuild();
                 self.report.plugin_swaps += 1;
-                self.replace_plugin(&rebuilt(&self.good_plugin, self.report.plugin_swaps));
-                self.confirm_plugin_reload(loaded_before);
+                // No oracle depends on it, but a swap the primary never loads is no swap.
+                if plugin::reloaded(primary, before, PLUGIN_RELOAD_DEADLINE) {
+                    self.report.plugin_reloads_confirmed += 1;
+                } else {
+                    eprintln!(
+                        "warning: the primary did not load the replaced plugin within \
+                         {PLUGIN_RELOAD_DEADLINE:?}"
+                    );
+                }
             }
             Fault::Promote { replica } => self.promote(self.replicas()[replica], clients),
             Fault::Failover => self.failover(clients),
         }
-    }
-
-    /// Replace the plugin file in one step (write aside, rename), as a deployment would.
-    fn replace_plugin(&self, bytes: &[u8]) {
-        let aside = self.plugin_file.with_extension("new");
-        std::fs::write(&aside, bytes).expect("write the new plugin file");
-        std::fs::rename(&aside, &self.plugin_file).expect("move the new plugin file in place");
-    }
-
-    /// When the primary loaded the running version of the plugin (0 if it cannot tell).
-    fn plugin_loaded_at(&self) -> u64 {
-        let client = self.members[self.primary]
-            .process
-            .client_with_timeout(OBSERVE_TIMEOUT);
-        block_on(client.list_plugins())
-            .ok()
-            .and_then(|plugins| plugins.into_iter().find(|p| p.name == PLUGIN))
-            .map_or(0, |p| p.loaded_at_ms)
-    }
-
-    /// Wait until the primary runs a version of the plugin loaded after `before`; a node
-    /// that does not is reported, though no oracle depends on it.
-    fn confirm_plugin_reload(&mut self, before: u64) {
-        let deadline = Instant::now() + PLUGIN_RELOAD_DEADLINE;
-        while Instant::now() < deadline {
-            if self.plugin_loaded_at() > before {
-                self.report.plugin_reloads_confirmed += 1;
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!(
-            "warning: the primary did not load the replaced plugin within \
-             {PLUGIN_RELOAD_DEADLINE:?}"
-        );
     }
 
     /// A switchover: with the clients paused, let `new` catch up with the primary, promote
@@ -413,7 +362,7 @@ impl Run {
             });
         }
         self.term += 1;
-        self.compared_to = vec![0; self.members.len()];
+        self.prefix.reset();
         self.publish_endpoints();
         self.read_checkpoint();
     }
@@ -476,66 +425,19 @@ impl Run {
         self.report.checkpoints += 1;
     }
 
-    /// The prefix oracle, once for every replica: skipped (not failed) when a node does not
-    /// answer in time, or the replica has not joined its primary's history yet.
+    /// The prefix oracle, once for every replica.
     fn observe(&mut self) {
         self.last_observed = Instant::now();
         for i in self.replicas() {
+            let replica = &self.members[i].process;
+            let primary = &self.members[self.primary].process;
             // An error is a node down, paused or cut off: nothing to compare this time.
-            let _ = self.observe_replica(i);
-        }
-    }
-
-    fn observe_replica(&mut self, i: usize) -> Result<(), ClientError> {
-        let replica = self.members[i].process.client_with_timeout(OBSERVE_TIMEOUT);
-        let primary = self.members[self.primary]
-            .process
-            .client_with_timeout(OBSERVE_TIMEOUT);
-        let r = block_on(replica.status())?;
-        // Read after the replica: the primary's LSN only grows (`sync: always`), so it must
-        // be at least the replica's.
-        let p = block_on(primary.status())?;
-        if r.role != "replica" || r.replication_id != p.replication_id {
-            return Ok(());
-        }
-        self.report.prefix_observations += 1;
-        let name = self.members[i].process.name().to_owned();
-        if r.lsn > p.lsn {
-            self.anomaly(
-                Oracle::Prefix,
-                format!(
-                    "{name} applied LSN {} of history {}, beyond its primary's {}",
-                    r.lsn, r.replication_id, p.lsn
-                ),
-            );
-            return Ok(());
-        }
-        let mut from = r
-            .lsn
-            .saturating_sub(OBSERVE_WINDOW)
-            .max(self.compared_to[i].min(r.lsn));
-        while from < r.lsn {
-            let mine = block_on(replica.get_updates(from, PAGE))?;
-            let theirs = block_on(primary.get_updates(from, PAGE))?;
-            if mine.snapshot_required || theirs.snapshot_required {
-                // One of the logs no longer holds this range (a snapshot, a full resync).
-                break;
+            if let Ok(Some(anomaly)) = self.prefix.observe(i, replica, primary, OBSERVE_TIMEOUT) {
+                self.anomaly(anomaly.oracle, anomaly.detail);
             }
-            match checker::compare_logs(&mine.entries, &theirs.entries, r.lsn) {
-                Ok(compared) => self.report.prefix_entries += compared as u64,
-                Err(why) => {
-                    self.anomaly(Oracle::Prefix, format!("{name}: {why}"));
-                    return Ok(());
-                }
-            }
-            let next = mine.last_lsn.min(theirs.last_lsn).min(r.lsn);
-            if next <= from {
-                break;
-            }
-            from = next;
         }
-        self.compared_to[i] = from;
-        Ok(())
+        self.report.prefix_observations = self.prefix.observations;
+        self.report.prefix_entries = self.prefix.entries;
     }
 
     fn anomaly(&mut self, oracle: Oracle, detail: String) {
@@ -606,30 +508,6 @@ impl Run {
     }
 }
 
-/// `module` with a custom section appended that names build `n`: the same plugin, another
-/// file.
-fn rebuilt(module: &[u8], n: u64) -> Vec<u8> {
-    let name = b"chaos-build";
-    let payload = n.to_le_bytes();
-    let size = 1 + name.len() + payload.len();
-    let size = u8::try_from(size).expect("a section shorter than 128 bytes (one LEB128 byte)");
-    let mut out = module.to_vec();
-    out.extend([0, size, name.len() as u8]);
-    out.extend(name);
-    out.extend(payload);
-    out
-}
-
 fn proxy_to(primary: &NodeProcess) -> FaultProxy {
     FaultProxy::start(primary.socket_addr()).expect("start a fault proxy")
-}
-
-/// The `plugins:` section of every node: the validator refuses keys under `deny:`; a
-/// generous deadline, because two busy cores are no reason for a write to be refused.
-fn plugins_section(dir: &Path) -> String {
-    format!(
-        "  dir: {:?}\n  limits:\n    deadline: 1s\n  validate:\n    - plugin: {PLUGIN}\n      \
-         config: {{denied_prefixes: [{DENIED_PREFIX:?}]}}\n",
-        dir.display().to_string()
-    )
 }
