@@ -153,6 +153,7 @@ impl Run {
         for member in &members[1..] {
             member.process.wait_streaming();
         }
+        let prefix = PrefixObserver::new(members.len());
         let run = Run {
             members,
             primary: 0,
@@ -162,7 +163,7 @@ impl Run {
             plugin,
             endpoints: Arc::default(),
             recorder: Recorder::new(),
-            prefix: PrefixObserver::new(3),
+            prefix,
             last_observed: Instant::now(),
             report: Report::default(),
         };
