@@ -328,6 +328,16 @@ impl NodeConfig {
             .collect()
     }
 
+    /// The `plugins:` section, as YAML lines already indented under it (e.g.
+    /// `  dir: /x\n  validate: ...`).
+    pub fn plugins(self, section: &str) -> NodeConfig {
+        let lines: Vec<&str> = section
+            .lines()
+            .map(|line| line.strip_prefix("  ").unwrap_or(line))
+            .collect();
+        self.yaml_in("plugins", &lines)
+    }
+
     /// Add a command-line argument after `serve --config FILE`.
     pub fn arg(mut self, arg: &str) -> NodeConfig {
         self.args.push(arg.into());
@@ -377,7 +387,7 @@ impl NodeConfig {
                 self.primary_sync_interval
             ));
         }
-        for section in ["limits", "auth"] {
+        for section in ["limits", "auth", "plugins"] {
             let lines = self.extra_lines(section);
             if !lines.is_empty() {
                 yaml.push_str(&format!("{section}:\n{lines}"));
@@ -540,15 +550,15 @@ impl NodeProcess {
         self.dir.path().join("node.yaml")
     }
 
-    /// Send `signal` to the running process (SIGHUP to reload, for one).
+    /// Send `signal` to the process (SIGHUP to reload, for one). Nothing happens if it is
+    /// not running.
     pub fn signal(&self, signal: rustix::process::Signal) {
-        let child = self
-            .child
-            .as_ref()
-            .unwrap_or_else(|| self.fail("signal: the node is not running"));
-        let pid = rustix::process::Pid::from_child(&child.0);
-        rustix::process::kill_process(pid, signal)
-            .unwrap_or_else(|e| self.fail(&format!("signal {signal:?}: {e}")));
+        if let Some(child) = &self.child {
+            let pid = rustix::process::Pid::from_child(&child.0);
+            if let Err(e) = rustix::process::kill_process(pid, signal) {
+                self.fail(&format!("cannot send {signal:?}: {e}"));
+            }
+        }
     }
 
     /// The last lines of the node's log, under a header naming it.
@@ -697,6 +707,17 @@ impl NodeProcess {
         if let Some(mut child) = self.child.take() {
             child.kill();
         }
+    }
+
+    /// SIGSTOP the process: it stops answering but keeps its sockets open, as a node that
+    /// hangs (a long GC-like stall, a frozen VM) would. Nothing happens if it is not running.
+    pub fn pause(&mut self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT a process stopped by [`pause`](Self::pause).
+    pub fn resume(&mut self) {
+        self.signal(rustix::process::Signal::CONT);
     }
 
     /// SIGTERM the process and wait until it exits, which must be with success (a graceful
@@ -1212,54 +1233,69 @@ impl Cluster {
 /// node's digest unchanged across the round (so nothing was moving), within `deadline`;
 /// returns that digest. Panics with every node's state and log tail otherwise.
 pub fn converged(nodes: &[&NodeProcess], deadline: Duration) -> DigestResponse {
+    try_converged(nodes, deadline).unwrap_or_else(|why| {
+        panic!(
+            "timed out after {deadline:?} waiting for {} to hold equal data (digest and LSN)\n\
+             last state: {why}\n{}",
+            names(nodes),
+            logs_of(nodes)
+        )
+    })
+}
+
+/// [`converged`] without the panic: the agreed digest, or the nodes' last states.
+pub fn try_converged(nodes: &[&NodeProcess], deadline: Duration) -> Result<DigestResponse, String> {
     assert!(!nodes.is_empty());
-    let mut agreed = None;
-    wait_until(
-        &format!(
-            "{} to hold equal data (digest and LSN)",
-            nodes
-                .iter()
-                .map(|n| n.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        deadline,
-        || {
-            let mut digests = Vec::with_capacity(nodes.len());
-            for node in nodes {
-                let digest = node
-                    .try_digest()
-                    .map_err(|e| format!("{}: {e}", node.name()))?;
-                digests.push(digest);
-            }
-            let again = nodes[0]
-                .try_digest()
-                .map_err(|e| format!("{}: {e}", nodes[0].name()))?;
-            let describe = || {
-                nodes
-                    .iter()
-                    .zip(&digests)
-                    .map(|(node, d)| {
-                        format!(
-                            "{}: lsn {} keys {} digest {}",
-                            node.name(),
-                            d.lsn,
-                            d.keys,
-                            hex(&d.digest)
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            if again != digests[0] || digests.iter().any(|d| *d != digests[0]) {
-                return Err(describe());
-            }
-            agreed = Some(again);
-            Ok(())
-        },
-        || logs_of(nodes),
-    );
-    agreed.expect("set when the wait ends")
+    let deadline = Instant::now() + deadline;
+    loop {
+        let why = match digests_agree(nodes) {
+            Ok(digest) => return Ok(digest),
+            Err(why) => why,
+        };
+        if Instant::now() >= deadline {
+            return Err(why);
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// One round of [`try_converged`].
+fn digests_agree(nodes: &[&NodeProcess]) -> Result<DigestResponse, String> {
+    let mut digests = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let digest = node
+            .try_digest()
+            .map_err(|e| format!("{}: {e}", node.name()))?;
+        digests.push(digest);
+    }
+    let again = nodes[0]
+        .try_digest()
+        .map_err(|e| format!("{}: {e}", nodes[0].name()))?;
+    if again != digests[0] || digests.iter().any(|d| *d != digests[0]) {
+        return Err(nodes
+            .iter()
+            .zip(&digests)
+            .map(|(node, d)| {
+                format!(
+                    "{}: lsn {} keys {} digest {}",
+                    node.name(),
+                    d.lsn,
+                    d.keys,
+                    hex(&d.digest)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "));
+    }
+    Ok(again)
+}
+
+fn names(nodes: &[&NodeProcess]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -1540,9 +1576,10 @@ impl WriterOptions {
     }
 }
 
-/// Lets a test stop the writer between two writes: `busy` while a write is in flight.
+/// Lets a test stop the writer between two writes: `busy` while a write is in flight. Also
+/// shared by the chaos clients (one gate for many threads: `busy` counts them).
 #[derive(Default)]
-struct Gate {
+pub struct Gate {
     state: Mutex<GateState>,
     changed: Condvar,
 }
@@ -1550,13 +1587,14 @@ struct Gate {
 #[derive(Default)]
 struct GateState {
     paused: bool,
-    busy: bool,
+    /// Operations in flight.
+    busy: usize,
     stop: bool,
 }
 
 impl Gate {
     /// Wait while paused, then mark a write in flight; false once stopping.
-    fn enter(&self) -> bool {
+    pub fn enter(&self) -> bool {
         let mut state = lock(&self.state);
         while state.paused && !state.stop {
             state = self
@@ -1567,19 +1605,21 @@ impl Gate {
         if state.stop {
             return false;
         }
-        state.busy = true;
+        state.busy += 1;
         true
     }
 
-    fn leave(&self) {
-        lock(&self.state).busy = false;
+    /// The operation marked by [`enter`](Self::enter) is over.
+    pub fn leave(&self) {
+        lock(&self.state).busy -= 1;
         self.changed.notify_all();
     }
 
-    fn pause(&self) {
+    /// Let no operation start; returns once none is in flight.
+    pub fn pause(&self) {
         let mut state = lock(&self.state);
         state.paused = true;
-        while state.busy {
+        while state.busy > 0 {
             state = self
                 .changed
                 .wait(state)
@@ -1587,12 +1627,13 @@ impl Gate {
         }
     }
 
-    fn resume(&self) {
+    pub fn resume(&self) {
         lock(&self.state).paused = false;
         self.changed.notify_all();
     }
 
-    fn stop(&self) {
+    /// From now on [`enter`](Self::enter) returns false.
+    pub fn stop(&self) {
         lock(&self.state).stop = true;
         self.changed.notify_all();
     }

@@ -2,8 +2,9 @@
 //! waiting for conditions with a deadline instead of sleeping, and a fault-injecting TCP
 //! proxy ([`proxy::FaultProxy`]) for links that are slow, stalled, cut or refused, and
 //! clusters of real `wasmkv` processes with continuous writers and readers
-//! ([`cluster`]).
+//! ([`cluster`]). [`chaos`] builds randomized fault injection and its checker on them.
 
+pub mod chaos;
 pub mod cluster;
 pub mod pki;
 pub mod proxy;

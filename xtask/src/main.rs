@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod chaos;
 mod demo;
 mod plugins;
 
@@ -26,13 +27,26 @@ enum Task {
         #[arg(long)]
         exit: bool,
     },
-    /// Everything CI checks: formatting, lints, the plugins, the whole test suite, the demo.
+    /// Everything CI checks: formatting, lints, the plugins, the whole test suite, a 60-second
+    /// chaos run, the demo.
     Test,
     /// Benchmark wasmkv against Redis (and the storage engine) and rewrite BENCHMARKS.md.
     Bench {
         /// A short smoke run (one round, small data): prints the tables, writes nothing.
         #[arg(long)]
         quick: bool,
+    },
+    /// Randomized fault injection against a primary and two replicas, checked by oracles.
+    Chaos {
+        /// How long the faults go on.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// The schedule's seed (random by default, printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Add the run's figures to ROBUSTNESS.md.
+        #[arg(long)]
+        record: bool,
     },
     /// Build the plugins under plugins/ for wasm32, check them against ABI v1, collect them.
     Plugins {
@@ -47,6 +61,11 @@ fn main() -> Result<()> {
         Task::Demo { exit } => demo(exit),
         Task::Test => test(),
         Task::Bench { quick } => bench(quick),
+        Task::Chaos {
+            seconds,
+            seed,
+            record,
+        } => chaos::chaos(seconds, seed, record),
         Task::Plugins { out } => {
             plugins::build(&out.unwrap_or_else(plugins::default_out_dir)).map(drop)
         }
@@ -110,6 +129,7 @@ fn test() -> Result<()> {
         ),
         tests,
     )?;
+    chaos::chaos(60, Some(chaos::TEST_SEED), false)?;
     demo(true)
 }
 

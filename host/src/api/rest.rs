@@ -144,6 +144,11 @@ pub fn healthz() -> Response<ResponseBody> {
 }
 
 pub fn readyz(state: &ApiState) -> Response<ResponseBody> {
+    // The store is published (and serves reads) before replication has started; until then
+    // writes and the admin calls answer `unavailable`, so the node is not ready yet.
+    if state.replication().is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "recovering\n");
+    }
     match state.store.load_full() {
         None => text(StatusCode::SERVICE_UNAVAILABLE, "recovering\n"),
         Some(db) => match db.stats().failure {
@@ -170,6 +175,25 @@ pub fn metrics(state: &ApiState) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Limits;
+    use crate::db::{Db, DbOptions};
+    use crate::wal::SyncPolicy;
+
+    /// Found by a chaos run: `/readyz` said 200 while the store was open but replication not
+    /// started yet, so an operator's `Follow` right after a restart failed with
+    /// `unavailable`.
+    #[test]
+    fn not_ready_until_replication_has_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = ApiState::new(Limits::default());
+        let db = Db::open(DbOptions::new(dir.path(), SyncPolicy::Never)).unwrap();
+        state.store.store(Some(Arc::new(db)));
+        assert_eq!(readyz(&state).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            state.check_primary().is_err(),
+            "writes are refused meanwhile"
+        );
+    }
 
     #[test]
     fn ttl_query_parameter() {
