@@ -175,7 +175,7 @@ pub fn metrics(state: &ApiState) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Limits;
+    use crate::api::{Limits, Security};
     use crate::db::{Db, DbOptions};
     use crate::wal::SyncPolicy;
 
@@ -185,7 +185,7 @@ mod tests {
     #[test]
     fn not_ready_until_replication_has_started() {
         let dir = tempfile::tempdir().unwrap();
-        let state = ApiState::new(Limits::default());
+        let state = ApiState::new(Limits::default(), Security::default());
         let db = Db::open(DbOptions::new(dir.path(), SyncPolicy::Never)).unwrap();
         state.store.store(Some(Arc::new(db)));
         assert_eq!(readyz(&state).status(), StatusCode::SERVICE_UNAVAILABLE);
