@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let api = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../api");
+    // Read at run time, not baked in with env!: a build script compiled for one checkout is
+    // reused by another at a different path when they share a target directory (CI's cache).
+    let api = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../api");
     println!(
         "cargo:rerun-if-changed={}",
         api.join("kvstore.proto").display()
