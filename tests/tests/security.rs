@@ -583,12 +583,17 @@ fn connection_and_batch_limits_answer_with_resource_exhausted() {
         "limits",
         NodeConfig::default().yaml_in("limits", &["max_connections: 3", "max_batch_keys: 4"]),
     );
-    // Three connections hold every slot (they have sent a byte, so they are past the wait
-    // for a first byte and count as open).
+    // Three kept-alive connections, each served one request (so surely accepted and
+    // counted), hold every slot.
     let held: Vec<TcpStream> = (0..3)
         .map(|_| {
             let mut s = TcpStream::connect(node.socket_addr()).unwrap();
-            s.write_all(b"P").unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut answer = [0u8; 512];
+            let n = s.read(&mut answer).unwrap();
+            assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &answer[..n]);
             s
         })
         .collect();
