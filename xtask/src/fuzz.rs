@@ -27,9 +27,10 @@ const END: &str = "<!-- fuzz:end -->";
 const TOOLCHAIN: &str = "nightly";
 /// An input that takes longer than this is a hang, reported like a crash.
 const INPUT_TIMEOUT_SECONDS: u64 = 10;
-/// Memory a target may use. Inputs are small, so a decoder that needs more is allocating from
-/// a length field rather than from the data.
-const RSS_LIMIT_MB: u64 = 512;
+/// Memory a target may use: about four times what the targets need (30-40 MB). Inputs are a
+/// few kilobytes, so a decoder that needs more is allocating what a length field claims
+/// rather than what the input holds.
+const RSS_LIMIT_MB: u64 = 128;
 
 /// What one target did in one run, from libFuzzer's final statistics.
 struct Outcome {
@@ -68,9 +69,26 @@ pub fn smoke() -> Result<()> {
 pub fn write_seeds() -> Result<()> {
     install()?;
     build()?;
+    let scratch = scratch()?;
     let mut seed_corpus = Command::new(binary("seed_corpus")?);
-    seed_corpus.current_dir(root());
+    seed_corpus
+        .current_dir(root())
+        .env("TMPDIR", scratch.path());
     run("write the seed corpus (fuzz/corpus/)", seed_corpus)
+}
+
+/// Scratch space for the targets that read files and for the corpus a run grows, removed when
+/// dropped: in memory where there is a tmpfs, since every input is written to a file.
+fn scratch() -> Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("wasmkv-fuzz-");
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        builder.tempdir_in(shm)
+    } else {
+        builder.tempdir()
+    }
+    .context("create a scratch directory for fuzzing")
 }
 
 fn run_targets(seconds: u64, only: Option<&str>) -> Result<Vec<Outcome>> {
@@ -86,17 +104,7 @@ fn run_targets(seconds: u64, only: Option<&str>) -> Result<Vec<Outcome>> {
         }
         targets.retain(|t| t == only);
     }
-    // Scratch space of the targets that read files, and the corpus each run grows: in memory
-    // where there is a tmpfs, since every input is written to a file.
-    let shm = Path::new("/dev/shm");
-    let scratch = if shm.is_dir() {
-        tempfile::Builder::new()
-            .prefix("wasmkv-fuzz-")
-            .tempdir_in(shm)
-    } else {
-        tempfile::Builder::new().prefix("wasmkv-fuzz-").tempdir()
-    }
-    .context("create a scratch directory for fuzzing")?;
+    let scratch = scratch()?;
     let mut outcomes = Vec::new();
     let mut failed = Vec::new();
     for target in &targets {
