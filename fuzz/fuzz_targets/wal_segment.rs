@@ -1,5 +1,7 @@
-//! A WAL segment file as start-up and the offline tools read it: `verify` finds the intact
-//! prefix and the first damage, the log reader serves that prefix, `repair` cuts the rest.
+//! WAL segment files, as start-up and the offline tools read them: `verify` finds the intact
+//! prefix of the log and its first damage, the log reader serves that prefix, `repair` cuts the
+//! rest. The input is one segment, or two: a second `WKVWAL01` followed by an LSN (u64le)
+//! starts the next segment, named by that LSN.
 
 #![no_main]
 
@@ -11,48 +13,59 @@ use wasmkv_fuzz::{SEGMENT_MAGIC, scratch};
 
 fuzz_target!(|data: &[u8]| {
     let dir = scratch::fresh_dir("wal_segment");
-    fs::write(segment_path(&dir, 1), data).expect("scratch files can be written");
-    let report = verify(&dir).expect("a readable segment is verified, damaged or not");
+    let segments = split(data);
+    for (first_lsn, bytes) in &segments {
+        fs::write(segment_path(&dir, *first_lsn), bytes).expect("scratch files can be written");
+    }
+    let report = verify(&dir).expect("readable segments are verified, damaged or not");
 
-    // The intact prefix: the records the reader serves, re-encoded, are the segment's bytes
-    // up to the damage (or the end), so nothing was skipped, reordered or misread.
-    let intact_end = report
-        .damage
-        .as_ref()
-        .map_or(data.len(), |d| d.offset as usize);
-    let mut expected = SEGMENT_MAGIC.to_vec();
+    // The intact prefix: the records the reader serves, re-encoded, are the segments' bytes
+    // (after each one's magic) up to the damage, so nothing was skipped, reordered or misread.
+    let mut served = Vec::new();
     let mut lsn = 0;
     for record in report.reader(0).expect("the verified prefix is readable") {
         let record = record.expect("the verified prefix reads back without errors");
         lsn += 1;
-        assert_eq!(record.lsn, lsn, "LSNs are dense from the segment's first");
+        assert_eq!(record.lsn, lsn, "LSNs are dense from the first segment's");
         encode_record(
             record.lsn,
             record.timestamp_ms,
             &record.command,
-            &mut expected,
+            &mut served,
         );
     }
     assert_eq!((report.records, report.last_lsn), (lsn, lsn));
-    if intact_end == 0 {
-        assert_eq!(lsn, 0, "a segment without its magic holds no records");
-    } else {
-        assert_eq!(
-            expected,
-            data[..intact_end],
-            "the intact prefix is not what was read"
-        );
+    let damaged = report.damage.as_ref().map(|d| {
+        let index = segments
+            .iter()
+            .position(|(first_lsn, _)| segment_path(&dir, *first_lsn) == d.path)
+            .expect("the damage is in one of the segments");
+        (index, d.offset as usize)
+    });
+    let mut intact = Vec::new();
+    for (index, (_, bytes)) in segments.iter().enumerate() {
+        let end = match damaged {
+            Some((at, offset)) if index == at => offset,
+            Some((at, _)) if index > at => break,
+            _ => bytes.len(),
+        };
+        if end > 0 {
+            assert!(
+                bytes.starts_with(SEGMENT_MAGIC),
+                "a segment without its magic was read"
+            );
+            intact.extend_from_slice(&bytes[SEGMENT_MAGIC.len()..end]);
+        }
     }
+    assert_eq!(served, intact, "the intact prefix is not what was read");
 
     // Repair cuts exactly there and leaves a log that verifies clean with the same records.
     if let Some(damage) = report.damage {
-        let repaired = repair(&dir).expect("a damaged segment can be repaired");
+        let repaired = repair(&dir).expect("a damaged log can be repaired");
         assert_eq!(repaired.last_lsn, lsn);
-        assert_eq!(
-            repaired.cut.map(|(_, offset, lsn)| (offset, lsn)),
-            Some((damage.offset, lsn + 1))
-        );
-        let after = verify(&dir).expect("the repaired segment is readable");
+        let cut = repaired.cut.map(|(_, offset, lsn)| (offset, lsn));
+        assert_eq!(cut, Some((damage.offset, lsn + 1)));
+        let after = verify(&dir).expect("the repaired log is readable");
         assert!(
             after.is_ok(),
             "damage left after repair: {:?}",
@@ -61,3 +74,23 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(after.records, lsn);
     }
 });
+
+/// The segments the input describes, with the LSN each is named by (the first: 1).
+fn split(data: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let header = SEGMENT_MAGIC.len() + 8;
+    let second = (1..data.len())
+        .find(|&at| data[at..].starts_with(SEGMENT_MAGIC))
+        .and_then(|at| {
+            let lsn = data.get(at + SEGMENT_MAGIC.len()..at + header)?;
+            let lsn = u64::from_le_bytes(lsn.try_into().expect("8 bytes"));
+            // LSN 1 names the first segment already.
+            (lsn > 1).then_some((at, lsn))
+        });
+    match second {
+        Some((at, lsn)) => vec![
+            (1, data[..at].to_vec()),
+            (lsn, [SEGMENT_MAGIC, &data[at + header..]].concat()),
+        ],
+        None => vec![(1, data.to_vec())],
+    }
+}

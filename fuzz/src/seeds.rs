@@ -49,7 +49,11 @@ pub fn all(configs: &Path) -> std::io::Result<Vec<Seed>> {
         "torn_tail",
         segment[..segment.len() - 3].to_vec(),
     );
-    add("wal_segment", "intact", segment);
+    add("wal_segment", "intact", segment.clone());
+    // The target's notation for a second segment: its magic, the LSN naming it, its records.
+    let next_lsn = commands().len() as u64 + 1;
+    let second = [SEGMENT_MAGIC, &next_lsn.to_le_bytes(), &frames(next_lsn)].concat();
+    add("wal_segment", "two_segments", [segment, second].concat());
     add("snapshot", "empty", snapshot(&[])?);
     add("snapshot", "three_entries", snapshot(&entries())?);
     for codec in Codec::ALL {

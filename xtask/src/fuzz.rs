@@ -161,38 +161,28 @@ fn nightly() -> Command {
     cmd
 }
 
-/// The build options of every cargo-fuzz command, so `run` finds what `build` built.
+/// `cargo fuzz build`: every target and the seed generator.
 ///
-/// No sanitizer: the project has no `unsafe`, so AddressSanitizer would mostly instrument
-/// dependencies, at twice the build time and a fraction of the executions per second. Debug
-/// assertions and overflow checks stay on: an overflowing length computation is a crash.
-/// Sixteen codegen units: one (cargo-fuzz's default) makes Cranelift's crates, which the host
-/// pulls in, take several times longer to build, for a few percent of speed.
-fn cargo_fuzz(subcommand: &str) -> Command {
+/// No sanitizer: the project has no `unsafe`, so AddressSanitizer would instrument mostly
+/// dependencies, and it slows every execution (typically about twice). Debug assertions and
+/// overflow checks stay on: an overflowing length computation is a crash. Sixteen codegen
+/// units: cargo-fuzz's default of one makes code generation of each crate serial, and the
+/// host pulls in large ones (Cranelift's).
+fn build() -> Result<()> {
     let mut cmd = nightly();
-    cmd.args([
-        "fuzz",
-        subcommand,
-        "--sanitizer",
-        "none",
-        "--debug-assertions",
-    ])
-    .args(["--codegen-units", "16", "--target-dir"])
-    .arg(fuzz_target_dir());
-    cmd
+    cmd.args(["fuzz", "build", "--sanitizer", "none", "--debug-assertions"])
+        .args(["--codegen-units", "16", "--target-dir"])
+        .arg(fuzz_target_dir());
+    run(
+        &format!("cargo +{TOOLCHAIN} fuzz build (fuzz targets and seed generator)"),
+        cmd,
+    )
 }
 
 /// Fuzz builds use flags of their own: kept apart from the normal build's output, under
 /// `$CARGO_TARGET_DIR` when set (CI caches it), so dependencies are compiled once.
 fn fuzz_target_dir() -> PathBuf {
     target_dir().join("fuzz")
-}
-
-fn build() -> Result<()> {
-    run(
-        &format!("cargo +{TOOLCHAIN} fuzz build (fuzz targets and seed generator)"),
-        cargo_fuzz("build"),
-    )
 }
 
 /// The fuzz targets, as cargo-fuzz lists them from fuzz/Cargo.toml.
@@ -234,12 +224,16 @@ fn run_target(target: &str, seconds: u64, scratch: &Path) -> Result<Result<Outco
     fs::create_dir_all(&tmp)?;
     let log_path = scratch.join(format!("{target}.log"));
     let log = File::create(&log_path)?;
+    let artifacts = root().join("fuzz/artifacts").join(target);
+    fs::create_dir_all(&artifacts)?;
     eprintln!("==> fuzz {target} for {seconds} s");
-    let status = cargo_fuzz("run")
-        .arg(target)
+    // The program itself rather than `cargo fuzz run`, which execs it: the peak RSS that
+    // libFuzzer measures (and limits) would include cargo's.
+    let program = binary(target)?;
+    let status = Command::new(&program)
         // New inputs go to the first directory; the seeds are only read.
         .args([&grown, &seeds_dir])
-        .arg("--")
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg(format!("-max_total_time={seconds}"))
         .arg(format!("-timeout={INPUT_TIMEOUT_SECONDS}"))
         .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
@@ -248,10 +242,10 @@ fn run_target(target: &str, seconds: u64, scratch: &Path) -> Result<Result<Outco
         .stdout(log.try_clone()?)
         .stderr(log)
         .status()
-        .context("could not run cargo fuzz run")?;
+        .with_context(|| format!("could not run the fuzz target {target}"))?;
     let text = fs::read_to_string(&log_path)?;
     if !status.success() {
-        return Ok(Err(failure_report(target, &text)));
+        return Ok(Err(failure_report(target, &program, &text)));
     }
     let stat = |name: &str| {
         text.lines()
@@ -275,18 +269,18 @@ fn count_files(dir: &Path) -> Result<usize> {
 }
 
 /// What a failed target printed last, the input it saved and how to replay it.
-fn failure_report(target: &str, log: &str) -> String {
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    let artifact = log
-        .lines()
+fn failure_report(target: &str, program: &Path, log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    let artifact = lines
+        .iter()
         .find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim()))
         .unwrap_or("(none written: see the output above)");
     format!(
-        "--- {target} ---\n{}\n--- {target}: the input is {artifact}\n    replay it: cargo +{TOOLCHAIN} \
-         fuzz run --sanitizer none --debug-assertions {target} {artifact}\n    then add it as a \
-         regression test next to the decoder it broke, and fix the decoder",
-        tail.join("\n")
+        "--- {target} ---\n{tail}\n--- {target}: the input is {artifact}\n    replay it: {} \
+         {artifact}\n    then add it as a regression test next to the decoder it broke, and fix \
+         the decoder",
+        program.display()
     )
 }
 
@@ -376,5 +370,6 @@ fn summary(target: &str) -> Result<String> {
         .split_once(": ")
         .or_else(|| doc.split_once(". "))
         .map_or(doc.as_str(), |(first, _)| first)
+        .trim_end_matches('.')
         .to_owned())
 }
