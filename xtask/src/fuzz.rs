@@ -56,12 +56,22 @@ pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// The smoke in `cargo xtask test`: the fuzz crate's formatting (it is not a workspace member,
-/// so the workspace's `cargo fmt` skips it), then every target briefly, nothing recorded.
+/// The smoke in `cargo xtask test`: the fuzz crate's formatting and lints (it is not a
+/// workspace member, so the workspace's checks skip it; the stable toolchain checks it like
+/// the rest), then every target briefly, nothing recorded.
 pub fn smoke() -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]);
     run("cargo fmt --check (fuzz/)", fmt)?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--all-targets",
+    ]);
+    clippy.args(["--", "-D", "warnings"]);
+    run("cargo clippy -D warnings (fuzz/)", clippy)?;
     run_targets(SMOKE_SECONDS, None).map(drop)
 }
 
