@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         Err(other) => panic!("a problem in a file reported as {other:?}"),
     };
     config.validate().expect("a loaded configuration is valid");
-    // What start-up derives from a valid configuration must not fail on any of them.
+    // Start-up derives these from any valid configuration: they must not panic.
     drop((config.listen_addr(), config.db_options()));
 
     let vars = env
