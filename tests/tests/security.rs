@@ -593,7 +593,11 @@ fn connection_and_batch_limits_answer_with_resource_exhausted() {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let mut answer = [0u8; 512];
             let n = s.read(&mut answer).unwrap();
-            assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &answer[..n]);
+            assert!(
+                answer[..n].starts_with(b"HTTP/1.1 200"),
+                "{:?}",
+                &answer[..n]
+            );
             s
         })
         .collect();

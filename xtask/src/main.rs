@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod chaos;
 mod demo;
+mod fuzz;
 mod plugins;
+mod sections;
 
 #[derive(Parser)]
 #[command(about = "wasmkv project tasks")]
@@ -27,8 +29,8 @@ enum Task {
         #[arg(long)]
         exit: bool,
     },
-    /// Everything CI checks: formatting, lints, the plugins, the whole test suite, a 60-second
-    /// chaos run, the demo.
+    /// Everything CI checks: formatting, lints, the plugins, the whole test suite, a fuzzing
+    /// smoke, a 60-second chaos run, the demo.
     Test,
     /// Benchmark wasmkv against Redis (and the storage engine) and rewrite BENCHMARKS.md.
     Bench {
@@ -48,6 +50,19 @@ enum Task {
         #[arg(long)]
         record: bool,
     },
+    /// Fuzz the decoders (cargo-fuzz, nightly): each target for a bounded time. A run of every
+    /// target for at least 30 s each rewrites the figures in ROBUSTNESS.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (`cargo +nightly fuzz list` names them); records nothing.
+        #[arg(long)]
+        target: Option<String>,
+        /// Instead of fuzzing, rewrite the seed corpus (fuzz/corpus/) from the real encoders.
+        #[arg(long, conflicts_with_all = ["seconds", "target"])]
+        seeds: bool,
+    },
     /// Build the plugins under plugins/ for wasm32, check them against ABI v1, collect them.
     Plugins {
         /// Where to put NAME.wasm (default: `plugins` in the cargo target directory).
@@ -66,6 +81,10 @@ fn main() -> Result<()> {
             seed,
             record,
         } => chaos::chaos(seconds, seed, record),
+        Task::Fuzz { seeds: true, .. } => fuzz::write_seeds(),
+        Task::Fuzz {
+            seconds, target, ..
+        } => fuzz::fuzz(seconds, target.as_deref()),
         Task::Plugins { out } => {
             plugins::build(&out.unwrap_or_else(plugins::default_out_dir)).map(drop)
         }
@@ -129,6 +148,7 @@ fn test() -> Result<()> {
         ),
         tests,
     )?;
+    fuzz::smoke()?;
     chaos::chaos(60, Some(chaos::TEST_SEED), false)?;
     demo(true)
 }

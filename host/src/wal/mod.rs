@@ -20,6 +20,10 @@ pub use error::{Result, WalError};
 pub use log::{SyncPolicy, Wal, WalOptions, WalStats};
 pub use reader::LogReader;
 pub use record::{Command, DecodeError, Mutation, MutationRef, Record};
+/// For the fuzz targets (`fuzz/`): they frame arbitrary bodies with a right length and CRC, so
+/// that fuzzing reaches the body decoder instead of stopping at the checksum.
+#[doc(hidden)]
+pub use record::{FRAME_HEADER, seal_frame};
 /// Record frames travel as they are stored: replication ships them to replicas.
 pub use record::{decode as decode_record, encode as encode_record};
 pub use recovery::{RepairReport, VerifyReport, WalDamage, repair, verify};

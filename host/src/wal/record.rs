@@ -227,7 +227,7 @@ pub fn encode(lsn: u64, timestamp_ms: u64, command: &Command, out: &mut Vec<u8>)
 
 /// Fill in the length and CRC of the frame that starts at `start` and runs to the end of `out`
 /// (its 8 header bytes reserved by the caller).
-pub(crate) fn seal_frame(out: &mut [u8], start: usize) {
+pub fn seal_frame(out: &mut [u8], start: usize) {
     let body_len = (out.len() - start - FRAME_HEADER) as u32;
     out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
     let crc = crc32c::crc32c_append(

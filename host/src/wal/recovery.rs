@@ -81,14 +81,15 @@ pub fn recover(dir: &Path, after_lsn: u64, apply: impl FnMut(Record)) -> Result<
 pub struct RepairReport {
     /// The segment that was cut, where, and the first LSN lost; None if the log was intact.
     pub cut: Option<(PathBuf, u64, u64)>,
-    /// Later segments removed because they followed the damage.
+    /// Segments removed: the damaged one when nothing of it was kept (damage at offset 0),
+    /// and every later one.
     pub removed: Vec<PathBuf>,
     /// The last LSN kept.
     pub last_lsn: u64,
 }
 
-/// Cut the log at its first damage, wherever it is: truncate that segment there and remove
-/// every later one. Everything before the damage is kept.
+/// Cut the log at its first damage, wherever it is: truncate that segment there (remove it if
+/// nothing of it is left) and remove every later one. Everything before the damage is kept.
 pub fn repair(dir: &Path) -> Result<RepairReport> {
     let segments = segment::list(dir)?;
     let scan = scan(&segments, u64::MAX, |_| {})?;
@@ -98,7 +99,16 @@ pub fn repair(dir: &Path) -> Result<RepairReport> {
     };
     if let Some(damage) = scan.damage {
         let path = &segments[damage.segment].path;
-        truncate(path, damage.offset)?;
+        if damage.offset < MAGIC.len() as u64 {
+            // Nothing of this segment is kept (its header is bad, or it does not follow on
+            // from the log before it): truncated, it would still not be a segment, and its
+            // name would still break the LSN sequence, so `verify` and start-up would refuse
+            // the repaired log. Found by fuzzing (fuzz/fuzz_targets/wal_segment.rs).
+            fs::remove_file(path).map_err(|e| WalError::io("remove", path, e))?;
+            report.removed.push(path.clone());
+        } else {
+            truncate(path, damage.offset)?;
+        }
         for later in &segments[damage.segment + 1..] {
             fs::remove_file(&later.path).map_err(|e| WalError::io("remove", &later.path, e))?;
             report.removed.push(later.path.clone());

@@ -168,9 +168,10 @@ pub fn load(path: &Path, mut apply: impl FnMut(SnapshotEntry)) -> Result<Snapsho
         path: path.to_owned(),
         reason,
     };
+    let truncated = || corrupt("the file ends early (truncated)".into());
     let io_err = |e: io::Error| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            corrupt("the file ends early (truncated)".into())
+            truncated()
         } else {
             WalError::io("read snapshot", path, e)
         }
@@ -214,8 +215,16 @@ pub fn load(path: &Path, mut apply: impl FnMut(SnapshotEntry)) -> Result<Snapsho
         if len > MAX_BODY {
             return Err(corrupt(format!("entry {count} claims {len} bytes")));
         }
-        buf.resize(FRAME_HEADER + len, 0);
-        input.read_exact(&mut buf[FRAME_HEADER..]).map_err(io_err)?;
+        // Read what the file holds rather than allocate what the length claims: a damaged
+        // length in a short file must not cost up to MAX_BODY of memory (found by fuzzing).
+        let read = input
+            .by_ref()
+            .take(len as u64)
+            .read_to_end(&mut buf)
+            .map_err(io_err)?;
+        if read < len {
+            return Err(truncated());
+        }
         let body = record::checked_frame(&buf, MIN_ENTRY_BODY)
             .map_err(|e| corrupt(format!("entry {count}: {e}")))?;
         let entry = decode_entry(body).map_err(|e| corrupt(format!("entry {count}: {e}")))?;
@@ -285,6 +294,35 @@ mod tests {
         remove_older_than(dir.path(), 9).unwrap();
         assert!(!snapshot_path(dir.path(), 5).exists());
         assert!(path.exists());
+    }
+
+    /// Regression (fuzz target snapshot, out of memory): an entry length of up to 256 MiB in
+    /// a file of a few bytes made `load` allocate and zero that much before finding the file
+    /// truncated.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_length_beyond_the_file_is_truncation_without_the_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short.snap");
+        let mut data = MAGIC.to_vec();
+        data.extend_from_slice(&[0; 16]);
+        data.extend_from_slice(&(MAX_BODY as u32).to_le_bytes());
+        data.extend_from_slice(b"crc and a little data");
+        fs::write(&path, &data).unwrap();
+        let before = peak_rss_bytes();
+        let err = load(&path, |_| {}).unwrap_err();
+        let grown = peak_rss_bytes() - before;
+        assert!(err.to_string().contains("truncated"), "{err}");
+        assert!(grown < (MAX_BODY / 4) as u64, "loading took {grown} bytes");
+    }
+
+    /// The process's peak resident memory so far (`VmHWM`).
+    #[cfg(target_os = "linux")]
+    fn peak_rss_bytes() -> u64 {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
     }
 
     #[test]

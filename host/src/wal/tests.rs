@@ -204,6 +204,41 @@ fn a_bit_flip_in_a_sealed_segment_stops_startup_and_repair_keeps_the_prefix() {
     assert_eq!(lsns(&records), (1..first_lsn).collect::<Vec<_>>());
 }
 
+/// Regression (fuzz target wal_segment): repair cut a segment with a bad header to an empty
+/// file, which `verify` still reported as damage.
+#[test]
+fn repair_removes_a_segment_with_a_bad_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = segment::segment_path(dir.path(), 1);
+    fs::write(&seg, b"").unwrap();
+    let report = repair(dir.path()).unwrap();
+    assert_eq!(report.cut, Some((seg.clone(), 0, 1)));
+    assert_eq!(report.removed, vec![seg]);
+    assert!(verify(dir.path()).unwrap().is_ok());
+    assert!(replay(dir.path()).unwrap().is_empty());
+}
+
+/// Regression (found while fixing the one above): a segment that does not follow on from the
+/// log before it was cut to an empty file whose name still broke the LSN sequence, so the node
+/// refused to start on the repaired log.
+#[test]
+fn repair_removes_a_segment_after_an_lsn_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 200, 1024);
+    let files = segments(dir.path());
+    // The first segment ends where the second began; without the second, the third follows
+    // a gap.
+    let kept = segment::list(dir.path()).unwrap()[1].first_lsn - 1;
+    fs::remove_file(&files[1]).unwrap();
+
+    let report = repair(dir.path()).unwrap();
+    assert_eq!(report.last_lsn, kept);
+    assert_eq!(report.removed, files[2..].to_vec());
+    assert!(verify(dir.path()).unwrap().is_ok());
+    let records = replay(dir.path()).unwrap();
+    assert_eq!(lsns(&records), (1..=kept).collect::<Vec<_>>());
+}
+
 #[test]
 fn damage_in_the_last_segment_followed_by_intact_records_is_corruption() {
     let dir = tempfile::tempdir().unwrap();

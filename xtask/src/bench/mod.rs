@@ -25,6 +25,8 @@ use anyhow::{Context, Result};
 
 use crate::{cargo, root, run, target_dir};
 use cmd::Cmd;
+/// The date and machine lines of a report, shared with the fuzzing figures.
+pub(crate) use setup::{date, machine};
 
 /// The temp dirs of this harness, under the target dir.
 const TEMP_PREFIX: &str = "wasmkv-vs-redis-";
