@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's entry points, so a newcomer needs two commands and nothing
 //! installed by hand. Every step says what it runs before running it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -91,8 +91,14 @@ fn main() -> Result<()> {
     }
 }
 
+/// The workspace. `cargo run` (which `cargo xtask` is) says where xtask's manifest is at run
+/// time; the path baked in at compile time is only a fallback, because a binary built for one
+/// checkout is reused by another at a different path when they share a target directory
+/// (CI's cache), and it would then work on the wrong tree.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir
         .parent()
         .expect("xtask lives in the workspace")
         .to_owned()
