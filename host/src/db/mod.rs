@@ -236,7 +236,10 @@ impl Db {
         let inner = Arc::new(Inner {
             engine,
             wal,
-            seq: Mutex::new(Sequencer::new(evictor)),
+            seq: Mutex::new(Sequencer::new(
+                evictor,
+                opts.max_entries > 0 || opts.max_memory > 0,
+            )),
             applied_lsn: AtomicU64::new(applied),
             applied_tx: tokio::sync::watch::Sender::new(applied),
             snapshot_lsn: AtomicU64::new(report.snapshot_lsn),

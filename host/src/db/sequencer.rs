@@ -71,6 +71,11 @@ pub struct Sequencer {
     entries_delta: i64,
     memory_delta: i64,
     evictor: Evictor,
+    /// Whether the store has a limit (`max_entries`, `max_memory`), so writes must be
+    /// planned against it. Without one, a plan skips what only limits need: each key's
+    /// state before the write, a lookup in the engine per mutation (the largest single item
+    /// of a batched write's profile).
+    limited: bool,
 }
 
 impl Sequencer {
@@ -78,13 +83,14 @@ impl Sequencer {
         &mut self.evictor
     }
 
-    pub fn new(evictor: Evictor) -> Self {
+    pub fn new(evictor: Evictor, limited: bool) -> Self {
         Sequencer {
             overlay: HashMap::default(),
             pending: VecDeque::new(),
             entries_delta: 0,
             memory_delta: 0,
             evictor,
+            limited,
         }
     }
 
@@ -133,6 +139,13 @@ impl Sequencer {
     pub fn plan(&self, engine: &Engine, command: &Command, now_ms: u64) -> Plan {
         let mut plan = Plan::default();
         let step = |plan: &mut Plan, key: &Bytes, after: KeyState| {
+            // A copy, not a clone: a clone of the command's key would leave a shared header on
+            // the key the engine ends up storing (see `storage::detach`).
+            let key_copy = Bytes::copy_from_slice(key);
+            if !self.limited {
+                plan.states.push((key_copy, after));
+                return;
+            }
             let before = plan
                 .states
                 .iter()
@@ -143,9 +156,7 @@ impl Sequencer {
             plan.entries_delta +=
                 i64::from(after != KeyState::Absent) - i64::from(before != KeyState::Absent);
             plan.memory_delta += after.cost() as i64 - before.cost() as i64;
-            // A copy, not a clone: a clone of the command's key would leave a shared header on
-            // the key the engine ends up storing (see `storage::detach`).
-            plan.states.push((Bytes::copy_from_slice(key), after));
+            plan.states.push((key_copy, after));
         };
         let set_state = |key: &Bytes, value: &Bytes, expires_at_ms: u64| KeyState::Present {
             version: 0,
