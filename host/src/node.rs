@@ -203,11 +203,10 @@ impl NodeHandle {
     /// error the running tokens stay. Turning authentication on or off takes a restart, since
     /// it decides which addresses the node may listen on.
     pub fn reload_tokens(&self, auth: &AuthConfig) -> Result<(), NodeError> {
-        let running = self.state.tokens.load();
-        match (running.as_ref(), token_set(auth)?) {
-            (Some(_), Some(tokens)) => {
+        match (&self.state.tokens, token_set(auth)?) {
+            (Some(running), Some(tokens)) => {
                 tracing::info!(tokens = tokens.len(), "tokens reloaded");
-                self.state.tokens.store(Some(Arc::new(tokens)));
+                running.store(Arc::new(tokens));
                 Ok(())
             }
             (None, None) => Ok(()),

@@ -46,10 +46,10 @@ pub fn authorize(
     access: Access,
     method: &str,
 ) -> Result<(), ConnectError> {
-    let tokens = state.tokens.load();
-    let Some(tokens) = tokens.as_deref() else {
+    let Some(tokens) = &state.tokens else {
         return Ok(());
     };
+    let tokens = tokens.load();
     let Some(token) = bearer(headers) else {
         state.metrics.auth_failed("missing");
         return Err(ConnectError::new(

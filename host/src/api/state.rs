@@ -103,8 +103,10 @@ pub struct ApiState {
     /// The node's plugins, when its config names any; replaced whole by a reload (SIGHUP).
     pub plugins: Arc<ArcSwapOption<Plugins>>,
     pub limits: Limits,
-    /// The accepted tokens (`None` = no authentication); replaced whole on SIGHUP.
-    pub tokens: ArcSwapOption<TokenSet>,
+    /// The accepted tokens, replaced whole on SIGHUP; `None` = no authentication, fixed for
+    /// the node's life (so a node without tokens pays one branch per request, not an atomic
+    /// load).
+    pub tokens: Option<arc_swap::ArcSwap<TokenSet>>,
     pub protect_metrics: bool,
     /// See [`Security::link_tls`].
     pub link_tls: Option<crate::tls::ClientTls>,
@@ -129,7 +131,7 @@ impl ApiState {
             replication,
             plugins,
             limits,
-            tokens: ArcSwapOption::new(security.tokens.map(Arc::new)),
+            tokens: security.tokens.map(arc_swap::ArcSwap::from_pointee),
             protect_metrics: security.protect_metrics,
             link_tls: security.link_tls,
             started: Instant::now(),
