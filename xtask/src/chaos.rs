@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::{cargo, plugins, root, run, target_dir};
+use crate::{cargo, plugins, root, run, sections, target_dir};
 
 /// The seed of the run `cargo xtask test` makes, so CI replays one schedule.
 pub const TEST_SEED: u64 = 8;
@@ -78,20 +78,20 @@ pub fn chaos(seconds: u64, seed: Option<u64>, record: bool) -> Result<()> {
 
 /// Add `run` to the chaos section of the file at `path` and recompute its totals.
 fn record_run(path: &Path, run: &Summary) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
+    let mut text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Robustness\n".to_owned(),
         Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
     };
-    let (before, section, after) = match (text.find(BEGIN), text.find(END)) {
-        (Some(b), Some(e)) if b < e => (
-            &text[..b],
-            &text[b + BEGIN.len()..e],
-            &text[e + END.len()..],
-        ),
-        (None, None) => (text.as_str(), "", "\n"),
-        _ => bail!("{}: the chaos markers are damaged", path.display()),
-    };
+    if !text.contains(BEGIN) && !text.contains(END) {
+        text = format!("{}\n\n{BEGIN}\n{END}\n", text.trim_end());
+    }
+    let damaged = || format!("{}: the chaos markers are damaged", path.display());
+    let section = text
+        .split_once(BEGIN)
+        .and_then(|(_, rest)| rest.split_once(END))
+        .map(|(section, _)| section)
+        .with_context(damaged)?;
     let mut rows: Vec<String> = section
         .lines()
         .filter(|line| {
@@ -115,7 +115,7 @@ fn record_run(path: &Path, run: &Summary) -> Result<()> {
     ));
     let totals = totals(&rows)?;
     let new_section = format!(
-        "\n## Chaos runs\n\nRandomized fault injection (`cargo xtask chaos --seconds N --seed S \
+        "## Chaos runs\n\nRandomized fault injection (`cargo xtask chaos --seconds N --seed S \
          --record`, debug build, on the 2 shared cores this file's runs were made on): a \
          primary and two replicas (`sync: always`, the key-policy validator), three writers, \
          two readers of the primary and one of the replicas throughout, and a schedule drawn \
@@ -129,10 +129,7 @@ fn record_run(path: &Path, run: &Summary) -> Result<()> {
          linearizability on the primary. See `tests/src/chaos/`.\n\n{totals}\n\n{HEADER}\n{}\n",
         rows.join("\n")
     );
-    let updated = format!(
-        "{}{BEGIN}{new_section}{END}{after}",
-        before.trim_end_matches('\n').to_owned() + "\n\n"
-    );
+    let updated = sections::replace(&text, BEGIN, END, &new_section).with_context(damaged)?;
     std::fs::write(path, updated).with_context(|| format!("write {}", path.display()))
 }
 
