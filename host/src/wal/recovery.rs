@@ -4,7 +4,9 @@
 //! CRC) and their LSNs are dense across segments. The only damage forgiven is a torn tail: bad
 //! bytes at the end of the **last** segment with no intact record after them, which is what a
 //! crash in the middle of a write leaves. It is cut off and logged. Anything else is corruption
-//! of acknowledged data and stops start-up with the file, offset and LSN.
+//! of acknowledged data and stops start-up with the file, offset and LSN. Zeros from a record
+//! boundary to the end of a file are not damage: they are the preallocated space after the
+//! last record (see `segment`).
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -51,6 +53,23 @@ pub fn recover(dir: &Path, after_lsn: u64, apply: impl FnMut(Record)) -> Result<
             last_lsn: scan.last_lsn,
             tail_len: scan.tail_len,
         }),
+        Some(damage) if damage.torn_tail && damage.offset < MAGIC.len() as u64 => {
+            // A segment whose creation a crash interrupted (its magic never reached the disk):
+            // nothing of it is kept, and the log goes on at the end of the one before.
+            let mut segments = segments;
+            let torn = segments.remove(damage.segment);
+            tracing::warn!(
+                file = %torn.path.display(),
+                "removing a WAL segment whose creation a crash interrupted"
+            );
+            fs::remove_file(&torn.path).map_err(|e| WalError::io("remove", &torn.path, e))?;
+            segment::sync_dir(dir)?;
+            Ok(Recovered {
+                segments,
+                last_lsn: scan.last_lsn,
+                tail_len: scan.tail_len,
+            })
+        }
         Some(damage) if damage.torn_tail => {
             let path = &segments[damage.segment].path;
             tracing::warn!(
@@ -150,20 +169,29 @@ fn scan(segments: &[SegmentMeta], after_lsn: u64, mut apply: impl FnMut(Record))
         }
         let data = fs::read(&seg.path).map_err(|e| WalError::io("read segment", &seg.path, e))?;
         if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-            // A segment shorter than its magic is one whose creation a crash interrupted.
-            let torn = is_last && MAGIC.starts_with(&data);
+            // A segment holding less than its magic (maybe followed by preallocated zeros; the
+            // magic has none) is one whose creation a crash interrupted.
+            let written = data
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |last| last + 1);
+            let torn = is_last && MAGIC.starts_with(&data[..written]);
             let reason = "not a wasmkv WAL segment (bad magic)".to_string();
             let mut d = damage(0, expected, reason, &data);
             d.torn_tail = torn;
             return Ok(Scan {
                 last_lsn: expected - 1,
-                tail_len: 0,
+                // Where the segment before ends: the log's end once this one is dropped.
+                tail_len,
                 damage: Some(d),
             });
         }
         let mut offset = MAGIC.len();
         while offset < data.len() {
             let rest = &data[offset..];
+            if segment::is_unwritten(rest) {
+                break; // Preallocated space: the records end here.
+            }
             let outcome =
                 record::decode(rest)
                     .map_err(|e| e.to_string())
@@ -203,7 +231,13 @@ fn scan(segments: &[SegmentMeta], after_lsn: u64, mut apply: impl FnMut(Record))
 /// Whether an intact record frame starts anywhere after `offset`. Used only on damage, to tell
 /// a torn tail (nothing valid follows) from corruption in the middle of the data.
 fn intact_record_after(data: &[u8], offset: usize) -> bool {
-    (offset + 1..data.len()).any(|p| record::frame(&data[p..]).is_ok())
+    // No record starts in the zeros at the end (a record's length is never 0): a preallocated
+    // tail of megabytes is not searched byte by byte.
+    let written = data
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1);
+    (offset + 1..written).any(|p| record::frame(&data[p..]).is_ok())
 }
 
 fn truncate(path: &Path, len: u64) -> Result<()> {

@@ -424,3 +424,164 @@ fn a_reader_whose_segment_is_removed_meanwhile_reports_trimmed() {
         "{err}"
     );
 }
+
+/// The files of a log as a crash would leave them: copied while the log is open, so the
+/// active segment still has its preallocated zeros after the last record.
+fn crash_copy(from: &Path, to: &Path) {
+    for path in segments(from) {
+        fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn the_active_segment_is_preallocated_and_trimmed_when_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap();
+    for i in 1..=5 {
+        wal.commit(wal.append(i, &set(i)).unwrap()).unwrap();
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    assert_eq!(fs::metadata(&seg).unwrap().len(), 1 << 20, "preallocated");
+    let written = wal.stats().bytes;
+    assert!(
+        written < 1024,
+        "stats count the records, not the reserve: {written}"
+    );
+    wal.close().unwrap();
+    assert_eq!(
+        fs::metadata(&seg).unwrap().len(),
+        written,
+        "trimmed on close"
+    );
+    assert_eq!(
+        lsns(&replay(dir.path()).unwrap()),
+        (1..=5).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn after_a_crash_the_preallocated_zeros_are_the_end_of_the_log() {
+    let live = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let wal = Wal::open(live.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap();
+    for i in 1..=20 {
+        wal.commit(wal.append(i, &set(i)).unwrap()).unwrap();
+    }
+    crash_copy(live.path(), crashed.path());
+    let report = recovery::verify(crashed.path()).unwrap();
+    assert!(report.is_ok(), "{:?}", report.damage);
+    assert_eq!(report.last_lsn, 20);
+    // Start-up replays every record and appends after them, in preallocated space again.
+    let mut replayed = Vec::new();
+    let reopened = Wal::open(
+        crashed.path(),
+        options(SyncPolicy::Always, 1 << 20),
+        0,
+        |r| replayed.push(r),
+    )
+    .unwrap();
+    assert_eq!(lsns(&replayed), (1..=20).collect::<Vec<_>>());
+    assert_eq!(reopened.append(21, &set(21)).unwrap(), 21);
+    reopened.commit(21).unwrap();
+    let seg = segments(crashed.path()).pop().unwrap();
+    assert_eq!(
+        fs::metadata(&seg).unwrap().len(),
+        1 << 20,
+        "preallocated again"
+    );
+    drop(reopened);
+    assert_eq!(
+        lsns(&replay(crashed.path()).unwrap()),
+        (1..=21).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_record_torn_inside_preallocated_space_is_cut() {
+    let live = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let wal = Wal::open(live.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap();
+    for i in 1..=10 {
+        wal.commit(wal.append(i, &set(i)).unwrap()).unwrap();
+    }
+    let end = wal.stats().bytes as usize;
+    crash_copy(live.path(), crashed.path());
+    // The last record's second half never reached the disk: zeros, as the reserve reads.
+    let seg = segments(crashed.path()).pop().unwrap();
+    let mut data = fs::read(&seg).unwrap();
+    let mut last = Vec::new();
+    record::encode(10, 10, &set(10), &mut last);
+    data[end - last.len() / 2..end].fill(0);
+    fs::write(&seg, &data).unwrap();
+    assert!(
+        recovery::verify(crashed.path())
+            .unwrap()
+            .damage
+            .unwrap()
+            .torn_tail
+    );
+    assert_eq!(
+        lsns(&replay(crashed.path()).unwrap()),
+        (1..=9).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn zeros_followed_by_intact_records_are_damage_not_the_end() {
+    // A block lost in the middle of the last segment must not silently hide the records
+    // after it: start-up refuses, and `repair` is the operator's decision.
+    let live = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let wal = Wal::open(live.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap();
+    for i in 1..=100 {
+        wal.commit(wal.append(i, &set(i)).unwrap()).unwrap();
+    }
+    crash_copy(live.path(), crashed.path());
+    let seg = segments(crashed.path()).pop().unwrap();
+    let mut data = fs::read(&seg).unwrap();
+    data[1000..1512].fill(0);
+    fs::write(&seg, &data).unwrap();
+    let damage = recovery::verify(crashed.path()).unwrap().damage.unwrap();
+    assert!(!damage.torn_tail);
+    assert!(matches!(
+        replay(crashed.path()),
+        Err(WalError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn a_reader_sees_records_written_after_it_read_ahead_into_the_reserve() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 1 << 20), 0, |_| {}).unwrap();
+    let append = |from: u64, to: u64| {
+        for i in from..=to {
+            wal.commit(wal.append(i, &set(i)).unwrap()).unwrap();
+        }
+    };
+    append(1, 3);
+    let mut reader = wal.read_from(0).unwrap();
+    let read =
+        |reader: &mut LogReader| -> Vec<u64> { reader.by_ref().map(|r| r.unwrap().lsn).collect() };
+    // Reading these buffers the zeros after them too.
+    assert_eq!(read(&mut reader), vec![1, 2, 3]);
+    append(4, 6);
+    wal.read_on(&mut reader);
+    assert_eq!(read(&mut reader), vec![4, 5, 6]);
+}
+
+#[test]
+fn a_segment_whose_creation_was_cut_short_after_preallocation_is_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 5, 1 << 20);
+    // The next segment's file exists with its reserve, but its magic never reached the disk.
+    let next = segment::segment_path(dir.path(), 6);
+    fs::write(&next, vec![0u8; 4096]).unwrap();
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap();
+    assert_eq!(wal.last_lsn(), 5);
+    wal.commit(wal.append(6, &set(6)).unwrap()).unwrap();
+    drop(wal);
+    assert_eq!(
+        lsns(&replay(dir.path()).unwrap()),
+        (1..=6).collect::<Vec<_>>()
+    );
+}
