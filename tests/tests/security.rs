@@ -583,6 +583,25 @@ fn connection_and_batch_limits_answer_with_resource_exhausted() {
         "limits",
         NodeConfig::default().yaml_in("limits", &["max_connections: 3", "max_batch_keys: 4"]),
     );
+    // The harness's own client may still hold a pooled connection from waiting for the node
+    // to be ready (it closes them after 5 s idle): wait until the only connection open is the
+    // one asking, or the three below would not all get a slot.
+    wait_until(
+        "no other connection open",
+        Duration::from_secs(15),
+        || {
+            let metrics = node.raw_request(http::Method::GET, "/metrics", Vec::new(), Bytes::new());
+            let text = String::from_utf8_lossy(&metrics.body).into_owned();
+            match text
+                .lines()
+                .find(|l| l.starts_with("wasmkv_connections_open "))
+            {
+                Some("wasmkv_connections_open 1") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+        || node.log_report(),
+    );
     // Three kept-alive connections, each served one request (so surely accepted and
     // counted), hold every slot.
     let held: Vec<TcpStream> = (0..3)
