@@ -50,6 +50,18 @@ pub fn all(configs: &Path) -> std::io::Result<Vec<Seed>> {
         segment[..segment.len() - 3].to_vec(),
     );
     add("wal_segment", "intact", segment.clone());
+    // A live log's segment: its records, then preallocated zeros; and a record torn there.
+    let zeros = vec![0u8; 256];
+    add(
+        "wal_segment",
+        "preallocated",
+        [segment.as_slice(), &zeros].concat(),
+    );
+    add(
+        "wal_segment",
+        "torn_in_preallocated",
+        [&segment[..segment.len() - 3], &zeros].concat(),
+    );
     // The target's notation for a second segment: its magic, the LSN naming it, its records.
     let next_lsn = commands().len() as u64 + 1;
     let second = [SEGMENT_MAGIC, &next_lsn.to_le_bytes(), &frames(next_lsn)].concat();
