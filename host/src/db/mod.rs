@@ -238,7 +238,10 @@ impl Db {
             wal,
             seq: Mutex::new(Sequencer::new(
                 evictor,
-                opts.max_entries > 0 || opts.max_memory > 0,
+                sequencer::Limits {
+                    max_entries: opts.max_entries,
+                    max_memory: opts.max_memory,
+                },
             )),
             applied_lsn: AtomicU64::new(applied),
             applied_tx: tokio::sync::watch::Sender::new(applied),
@@ -775,6 +778,32 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overwrites_near_a_limit_are_counted_exactly_and_evict_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DbOptions::new(dir.path(), SyncPolicy::Never);
+        opts.disk_reserve = 0;
+        opts.max_entries = 10;
+        let db = Db::open(opts).unwrap();
+        let set = |i: usize| Mutation::Set {
+            key: Bytes::from(format!("k{i}")),
+            value: Bytes::from("v"),
+            expires_at_ms: 0,
+        };
+        db.write((0..8).map(set).collect()).unwrap();
+        // 8 sets of keys that exist: counted as 8 new keys, 16 would pass the limit, so the
+        // plan looks each key up and finds that nothing grows.
+        for _ in 0..20 {
+            db.write((0..8).map(set).collect()).unwrap();
+        }
+        assert_eq!(db.stats().evicted_keys, 0);
+        assert_eq!(db.inner.engine.len(), 8);
+        // New keys past the limit still evict.
+        db.write((8..12).map(set).collect()).unwrap();
+        assert_eq!(db.inner.engine.len(), 10);
+        assert_eq!(db.stats().evicted_keys, 2);
+    }
 
     #[test]
     fn after_a_wal_failure_writes_are_refused_and_reads_see_only_durable_data() {

@@ -65,17 +65,27 @@ struct PendingRecord {
     memory_delta: i64,
 }
 
+/// The store's limits (`max_entries`, `max_memory`; 0 = none).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    pub max_entries: u64,
+    pub max_memory: u64,
+}
+
+impl Limits {
+    fn allow(&self, entries: i64, memory: i64) -> bool {
+        (self.max_entries == 0 || entries <= self.max_entries as i64)
+            && (self.max_memory == 0 || memory <= self.max_memory as i64)
+    }
+}
+
 pub struct Sequencer {
     overlay: HashMap<Bytes, (u64, KeyState), foldhash::fast::RandomState>,
     pending: VecDeque<PendingRecord>,
     entries_delta: i64,
     memory_delta: i64,
     evictor: Evictor,
-    /// Whether the store has a limit (`max_entries`, `max_memory`), so writes must be
-    /// planned against it. Without one, a plan skips what only limits need: each key's
-    /// state before the write, a lookup in the engine per mutation (the largest single item
-    /// of a batched write's profile).
-    limited: bool,
+    limits: Limits,
 }
 
 impl Sequencer {
@@ -83,14 +93,14 @@ impl Sequencer {
         &mut self.evictor
     }
 
-    pub fn new(evictor: Evictor, limited: bool) -> Self {
+    pub fn new(evictor: Evictor, limits: Limits) -> Self {
         Sequencer {
             overlay: HashMap::default(),
             pending: VecDeque::new(),
             entries_delta: 0,
             memory_delta: 0,
             evictor,
-            limited,
+            limits,
         }
     }
 
@@ -136,41 +146,64 @@ impl Sequencer {
         (entries.max(0) as u64, memory.max(0) as u64)
     }
 
+    /// Work out `command`'s effect. For a command of sets, the change in entries and memory
+    /// is first bounded from above (every set adds a new key); only when that bound could
+    /// take the store past a limit is it made exact, from each key's state before the write:
+    /// a lookup in the engine per mutation, which was the largest single item of a batched
+    /// write's profile. Far from the limits (or without any) an overestimate changes no
+    /// decision, and it lasts only while the write is pending. Deletes are always exact:
+    /// eviction counts on what they free.
     pub fn plan(&self, engine: &Engine, command: &Command, now_ms: u64) -> Plan {
         let mut plan = Plan::default();
-        let step = |plan: &mut Plan, key: &Bytes, after: KeyState| {
+        let mut deletes = false;
+        command.for_each_mutation(|mutation| {
+            let (key, after) = match mutation {
+                MutationRef::Set {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => {
+                    let cost = entry_cost(key.len(), value.len());
+                    plan.entries_delta += 1;
+                    plan.memory_delta += cost as i64;
+                    let state = KeyState::Present {
+                        version: 0,
+                        expires_at_ms,
+                        cost,
+                    };
+                    (key, state)
+                }
+                MutationRef::Delete { key } => {
+                    deletes = true;
+                    (key, KeyState::Absent)
+                }
+            };
             // A copy, not a clone: a clone of the command's key would leave a shared header on
             // the key the engine ends up storing (see `storage::detach`).
-            let key_copy = Bytes::copy_from_slice(key);
-            if !self.limited {
-                plan.states.push((key_copy, after));
-                return;
-            }
-            let before = plan
-                .states
+            plan.states.push((Bytes::copy_from_slice(key), after));
+        });
+        let (entries, memory) = self.projected(engine);
+        if !deletes
+            && self.limits.allow(
+                entries as i64 + plan.entries_delta,
+                memory as i64 + plan.memory_delta,
+            )
+        {
+            return plan;
+        }
+        plan.entries_delta = 0;
+        plan.memory_delta = 0;
+        for (i, (key, after)) in plan.states.iter().enumerate() {
+            let before = plan.states[..i]
                 .iter()
                 .rev()
                 .find(|(k, _)| k == key)
                 .map(|&(_, s)| s)
                 .unwrap_or_else(|| self.state(engine, key, now_ms));
             plan.entries_delta +=
-                i64::from(after != KeyState::Absent) - i64::from(before != KeyState::Absent);
+                i64::from(*after != KeyState::Absent) - i64::from(before != KeyState::Absent);
             plan.memory_delta += after.cost() as i64 - before.cost() as i64;
-            plan.states.push((key_copy, after));
-        };
-        let set_state = |key: &Bytes, value: &Bytes, expires_at_ms: u64| KeyState::Present {
-            version: 0,
-            expires_at_ms,
-            cost: entry_cost(key.len(), value.len()),
-        };
-        command.for_each_mutation(|mutation| match mutation {
-            MutationRef::Set {
-                key,
-                value,
-                expires_at_ms,
-            } => step(&mut plan, key, set_state(key, value, expires_at_ms)),
-            MutationRef::Delete { key } => step(&mut plan, key, KeyState::Absent),
-        });
+        }
         plan
     }
 
