@@ -77,10 +77,12 @@ impl Plan {
                 tmp,
             }
         } else {
-            // 84 timed runs in all: 4 s each after 0.5 s of warm-up keeps the whole run
-            // within the 15 minutes (5 s after 1 s took about 15.5 minutes of measuring).
+            // 28 timed runs a round, 4 s each after 0.5 s of warm-up: a round takes about 2.4
+            // minutes here, so 5 rounds stay within the 15 minutes. Five samples rather than
+            // three: runs on this shared machine spread by 15-20%, and a median of five is
+            // less often an outlier.
             Plan {
-                rounds: 3,
+                rounds: 5,
                 duration: Duration::from_secs(4),
                 warmup: Duration::from_millis(500),
                 keys: 100_000,
