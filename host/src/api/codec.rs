@@ -4,7 +4,9 @@
 //! proto3 JSON mapping exactly (camelCase or original field names accepted, bytes as base64,
 //! 64-bit integers as strings) from the descriptor. CBOR is serde on the generated structs:
 //! a map keyed by the proto field names, bytes as byte strings, integers and enums as integers,
-//! unknown keys ignored (so old servers accept newer clients' extra fields).
+//! unknown keys ignored (so old servers accept newer clients' extra fields). The CBOR codec is
+//! minicbor-serde, chosen by measurement as for the guest SDK: ciborium's decoding was ~10% of
+//! the node's CPU under batched writes of 16 keys.
 
 use prost::Message;
 use prost_reflect::{DynamicMessage, ReflectMessage};
@@ -87,7 +89,7 @@ impl Codec {
         }
         match self {
             Codec::Proto => T::decode(body).map_err(|e| malformed(&e)),
-            Codec::Cbor => ciborium::from_reader(body).map_err(|e| malformed(&e)),
+            Codec::Cbor => minicbor_serde::from_slice(body).map_err(|e| malformed(&e)),
             Codec::Json => {
                 let mut de = serde_json::Deserializer::from_slice(body);
                 let dynamic = DynamicMessage::deserialize(T::default().descriptor(), &mut de)
@@ -102,10 +104,7 @@ impl Codec {
         match self {
             Codec::Proto => message.encode_to_vec(),
             Codec::Cbor => {
-                let mut out = Vec::with_capacity(message.encoded_len() + 32);
-                ciborium::into_writer(message, &mut out)
-                    .expect("writing CBOR to a Vec cannot fail");
-                out
+                minicbor_serde::to_vec(message).expect("writing CBOR to a Vec cannot fail")
             }
             Codec::Json => serde_json::to_vec(&message.transcode_to_dynamic())
                 .expect("a dynamic message always serializes to JSON"),
