@@ -258,7 +258,7 @@ fn header(
          written by hand; the run keeps it.\n\n\
          ## wasmkv vs Redis\n\n\
          - Measured {date} on {machine}, by `cargo xtask bench` in {total:.1} minutes \
-         (after {built:.1} minutes of building).\n\
+         (after {built} of building).\n\
          - {wasmkv} (commit {commit}), release build, `config/primary.yaml` with the \
          `WASMKV_*` overrides each scenario names.\n\
          - {redis}, with `redis-benchmark` and `redis-cli` of the same release \
@@ -280,7 +280,11 @@ fn header(
         date = setup::date(),
         machine = setup::machine(),
         total = elapsed.as_secs_f64() / 60.0,
-        built = built_in.as_secs_f64() / 60.0,
+        built = if built_in < Duration::from_secs(60) {
+            format!("{:.0} s", built_in.as_secs_f64())
+        } else {
+            format!("{:.1} minutes", built_in.as_secs_f64() / 60.0)
+        },
         wasmkv = v.wasmkv,
         commit = v.commit,
         redis = v.redis,
