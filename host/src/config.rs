@@ -102,6 +102,8 @@ pub struct ServerConfig {
     pub allow_insecure_remote: bool,
     /// Serve TLS (`server.tls.cert`, `.key`, and `.client_ca` for mutual TLS).
     pub tls: Option<crate::tls::ServerTls>,
+    /// Threads serving connections, each with its own event loop; 0 = one per CPU.
+    pub threads: u64,
 }
 
 /// When an acknowledged write reaches stable storage; see [`SyncPolicy`].
@@ -251,6 +253,7 @@ impl Default for Config {
                 port: 8080,
                 allow_insecure_remote: false,
                 tls: None,
+                threads: 0,
             },
             wal: WalConfig {
                 sync: SyncMode::Interval,

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::api::lanes::Lanes;
 use crate::api::{ApiState, Limits, Security, server};
 use crate::auth::{Secret, TokenSet};
 use crate::client::ClientOptions;
@@ -45,6 +46,8 @@ pub enum NodeError {
     Plugins(#[from] LoadError),
     #[error("the store task failed: {0}")]
     Task(String),
+    #[error("cannot start the connection threads (server.threads): {0}")]
+    Threads(#[source] std::io::Error),
 }
 
 pub struct Node;
@@ -111,11 +114,14 @@ impl Node {
                 link_tls: config.replication.tls.clone(),
             },
         ));
+        let lanes = Lanes::start(usize::try_from(config.server.threads).unwrap_or(usize::MAX))
+            .map_err(NodeError::Threads)?;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(server::serve(
             listener,
             Arc::clone(&state),
             server_options,
+            lanes,
             async {
                 let _ = stopped.await;
             },

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod connect;
 pub mod error;
 mod kv;
+pub mod lanes;
 mod metrics;
 pub mod proto;
 mod replication;

@@ -30,6 +30,7 @@ use super::auth;
 use super::codec::WireMessage;
 use super::connect::{self, ResponseBody};
 use super::error::{Code, ConnectError};
+use super::lanes::Lanes;
 use super::state::ApiState;
 use super::{admin, kv, replication, rest, watch};
 use crate::auth::Access;
@@ -79,11 +80,13 @@ struct Listener {
 }
 
 /// Serve `listener` until `shutdown` completes, then stop accepting and let in-flight
-/// requests finish.
+/// requests finish. Connections are served on `lanes` (started by the caller, so that a
+/// failure to start them stops the node before it listens).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ApiState>,
     options: ServerOptions,
+    mut lanes: Lanes,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut http = auto::Builder::new(TokioExecutor::new());
@@ -126,11 +129,29 @@ pub async fn serve(
         let slot = slots.as_ref().map(|s| Arc::clone(s).try_acquire_owned());
         match slot {
             None | Some(Ok(_)) => {
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let _open = shared.state.metrics.connection_opened();
-                    shared.connection(stream, peer, watcher, false).await;
-                });
+                // Handed over as a std socket: it must be registered with the event loop of
+                // the thread that will serve it.
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot hand over a connection");
+                        continue;
+                    }
+                };
+                lanes.run(Box::new(move || {
+                    Box::pin(async move {
+                        let _slot = slot;
+                        let stream = match TcpStream::from_std(stream) {
+                            Ok(stream) => stream,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "cannot take over a connection");
+                                return;
+                            }
+                        };
+                        let _open = shared.state.metrics.connection_opened();
+                        shared.connection(stream, peer, watcher, false).await;
+                    })
+                }));
             }
             Some(Err(_)) => {
                 state.metrics.refused("max_connections");
@@ -152,6 +173,7 @@ pub async fn serve(
             tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
         }
     }
+    lanes.close().await;
 }
 
 impl Listener {

@@ -295,6 +295,19 @@ pub(super) const SETTINGS: &[Setting] = &[
         check: no_check,
     },
     Setting {
+        key: "server.threads",
+        apply: |c, v| {
+            c.server.threads = parse_count(v)?;
+            Ok(())
+        },
+        check: |c| {
+            if c.server.threads > 1024 {
+                return Err("must be at most 1024 (0 = one per CPU)".to_owned());
+            }
+            Ok(())
+        },
+    },
+    Setting {
         key: "server.tls.cert",
         apply: |c, v| {
             server_tls_mut(c).cert = PathBuf::from(v);

@@ -54,7 +54,7 @@ fn empty_documents_are_the_defaults() {
 fn every_key_is_read() {
     let config = load(
         "data_dir: /srv/kv\n\
-         server: {address: 0.0.0.0, port: 0, allow_insecure_remote: true,\n\
+         server: {address: 0.0.0.0, port: 0, allow_insecure_remote: true, threads: 3,\n\
            tls: {cert: s.pem, key: s.key, client_ca: ca.pem}}\n\
          wal: {sync: always, sync_interval: 250ms, max_file_size: 100MB}\n\
          storage:\n  max_entries: 10\n  max_memory: 1GiB\n  eviction_policy: volatile-ttl\n  \
@@ -86,6 +86,7 @@ fn every_key_is_read() {
                     key: "s.key".into(),
                     client_ca: Some("ca.pem".into()),
                 }),
+                threads: 3,
             },
             wal: WalConfig {
                 sync: SyncMode::Always,
@@ -1149,4 +1150,19 @@ fn a_replica_may_set_its_link_in_its_primary_section() {
         config.replication.tls.unwrap().ca.as_deref(),
         Some(Path::new("ca.pem"))
     );
+}
+
+#[test]
+fn server_threads_are_checked() {
+    assert_eq!(load("server:\n  threads: 0\n").unwrap().server.threads, 0);
+    for (text, message) in [
+        ("threads: 1025", "server.threads: must be at most 1024"),
+        ("threads: two", "server.threads: invalid number \"two\""),
+    ] {
+        let err = load_err(&format!("server:\n  {text}\n"));
+        assert!(
+            err.starts_with(&format!("test.yaml:2:3: {message}")),
+            "{text}: {err}"
+        );
+    }
 }

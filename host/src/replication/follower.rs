@@ -81,14 +81,19 @@ pub struct Follower {
 }
 
 impl Follower {
-    pub(super) fn start(shared: Arc<Shared>, config: FollowConfig) -> Follower {
+    /// Start following on `runtime`; the link runs until `stop`.
+    pub(super) fn start(
+        runtime: &tokio::runtime::Handle,
+        shared: Arc<Shared>,
+        config: FollowConfig,
+    ) -> Follower {
         let (stop, stopped) = watch::channel(false);
         let status = Arc::new(Mutex::new(PrimaryLinkStatus {
             address: config.primary.clone(),
             state: "connecting".into(),
             ..PrimaryLinkStatus::default()
         }));
-        let task = tokio::spawn(run(shared, config, Arc::clone(&status), stopped));
+        let task = runtime.spawn(run(shared, config, Arc::clone(&status), stopped));
         Follower {
             stop,
             task: Some(task),

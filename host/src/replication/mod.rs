@@ -166,6 +166,9 @@ pub struct Replication {
     primary: RwLock<Option<String>>,
     /// The follower's link figures while this node is a replica.
     link: RwLock<Option<Arc<Mutex<PrimaryLinkStatus>>>>,
+    /// The node's runtime, set by `start`: a follower started by a request (`Follow`,
+    /// `Promote`) runs there, not on the connection thread that served the request.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Replication {
@@ -211,12 +214,14 @@ impl Replication {
             link: RwLock::new(None),
             options,
             follower: tokio::sync::Mutex::new(None),
+            runtime: std::sync::OnceLock::new(),
         })
     }
 
     /// Start following (a replica) and the primary's log retention task. Runs until
     /// `shutdown` is set.
     pub async fn start(self: &Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
         let primary = self.primary.read().clone();
         if let Some(primary) = primary {
             self.start_follower(primary, false).await;
@@ -244,7 +249,12 @@ impl Replication {
         if let Some(old) = follower.take() {
             old.stop().await;
         }
-        let started = Follower::start(Arc::clone(&self.shared), config);
+        let runtime = self
+            .runtime
+            .get()
+            .cloned()
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        let started = Follower::start(&runtime, Arc::clone(&self.shared), config);
         *self.link.write() = Some(started.status());
         *follower = Some(started);
         *self.primary.write() = Some(primary);
