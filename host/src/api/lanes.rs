@@ -6,9 +6,10 @@
 //! worker often wakes the other worker to steal it, and on a small machine those cross-thread
 //! wake-ups cost more than the request. With a loop per thread, a connection's reads, writes
 //! and handler all run where its socket is polled, as in Redis's event loop, but on every
-//! core. Measured on 2 cores, 50 connections: GET 97–100k against 86–90k requests/s, SET
-//! 86–93k against 69–88k, batched SET +10% (BENCHMARKS.md, "Where the time goes"). The node's
-//! own work (replication links, maintenance, signals) stays on the multi-threaded runtime.
+//! core. Measured on 2 cores, 50 connections, three A/B pairs: GET 89–99k against 68–88k
+//! requests/s, SET 80–92k against 64–83k, batched SET 533–627k against 381–549k keys/s
+//! (BENCHMARKS.md, "Where the time goes"). The node's own work (replication links,
+//! maintenance, signals) stays on the multi-threaded runtime.
 
 use std::future::Future;
 use std::pin::Pin;
