@@ -71,9 +71,13 @@ async fn run_workload(workload: &str, extra: &[&str], batch: u64) -> serde_json:
         String::from_utf8_lossy(&output.stderr)
     );
     let json = report(&output);
-    let http2 = extra.contains(&"--http2");
+    let protocol = if extra.contains(&"--http2") {
+        "HTTP/2"
+    } else {
+        "HTTP/1.1"
+    };
     assert_eq!(json["workload"], workload, "{json}");
-    assert_eq!(json["http2"], http2, "{json}");
+    assert_eq!(json["protocol"], protocol, "{json}");
     assert_eq!(number(&json, "connections"), 4, "{json}");
     assert_eq!(number(&json, "batch"), batch, "{json}");
     assert_eq!(number(&json, "requests"), 200, "{json}");

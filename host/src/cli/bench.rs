@@ -25,11 +25,16 @@
 //!
 //! Errors (any answer but 200, and lost connections) are counted apart, never silently: more
 //! than 1% of them fails the run with the first one's Connect code and message.
+//!
+//! `--addr redis://host:port` sends the same workloads to a Redis server over RESP (a `Get`
+//! is a GET, a `Write` of B keys B pipelined SETs, as `redis-benchmark -P B` sends them), so
+//! that Redis can be measured by the same client, with the same clock, as the node.
 
 mod link;
 mod report;
 
 use std::io::{IsTerminal, Write};
+use std::ops::Range;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -43,7 +48,7 @@ use http::Uri;
 use wasmkv::api::proto::{GetRequest, MultiGetRequest, Mutation, Op, SetRequest, WriteRequest};
 use wasmkv::api::{Code, Codec, ConnectError, WireMessage};
 
-use link::{Call, Caller, ConnectCall, Link, Template};
+use link::{Call, Caller, ConnectCall, Link, Protocol, Template, resp_command, resp_set};
 use report::{Recorder, Report, Totals, thousands};
 
 /// Keys are `key:` and 12 decimal digits: 16 bytes, the size the benchmark scenarios use.
@@ -96,7 +101,7 @@ impl Workload {
 /// The options of `wasmkv bench`.
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
-    /// The node's address
+    /// The node's address (`redis://host:port`: a Redis server, over RESP)
     #[arg(
         long,
         env = "WASMKV_ADDR",
@@ -205,7 +210,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let report = Report::new(
         args.workload.name(),
         args.connections,
-        args.http2,
+        shared.plan.protocol,
         batch,
         args.rate,
         &totals,
@@ -240,7 +245,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 struct Plan {
     /// `host:port` to open TCP connections to.
     connect_to: String,
-    http2: bool,
+    protocol: Protocol,
     keys: u64,
     preload: bool,
     warmup: Duration,
@@ -251,7 +256,7 @@ struct Plan {
     /// probability `first_share` and `calls[1]` otherwise.
     calls: Vec<Call>,
     first_share: f64,
-    /// The preload's `Write`, its body encoded per batch.
+    /// The preload's `Write` (unused over RESP), its body encoded per batch.
     preload_call: ConnectCall,
     value: Bytes,
 }
@@ -265,8 +270,17 @@ enum StopRule {
 impl Plan {
     fn new(args: &BenchArgs) -> Result<Plan> {
         let target = Target::parse(&args.addr)?;
+        let protocol = match (target.resp, args.http2) {
+            (false, false) => Protocol::Http1,
+            (false, true) => Protocol::Http2,
+            (true, false) => Protocol::Resp,
+            (true, true) => bail!("--http2 is for a wasmkv node; a redis:// address speaks RESP"),
+        };
         let http2 = args.http2;
         let value = Bytes::from(vec![b'x'; args.value_size]);
+        if protocol == Protocol::Resp {
+            return Plan::over_resp(args, target, value);
+        }
         let placeholders =
             |n: u32| -> Vec<Bytes> { (0..u64::from(n)).map(|i| Bytes::from(key(i))).collect() };
         let get = || {
@@ -315,6 +329,49 @@ impl Plan {
             }
             Workload::RestGet => (vec![target.rest_call(http2)?], 1.0),
         };
+        Plan::with_calls(args, &target, protocol, value, calls, first_share)
+    }
+
+    /// The plan of `args` against Redis: each Connect call as the RESP commands that do the
+    /// same (a batch as that many pipelined commands, whose replies all count).
+    fn over_resp(args: &BenchArgs, target: Target, value: Bytes) -> Result<Plan> {
+        let batch = args.batch as usize;
+        let commands = |keys: usize, one: &dyn Fn(&mut Vec<u8>, &[u8])| -> Result<Call> {
+            let mut bytes = Vec::new();
+            for i in 0..keys as u64 {
+                one(&mut bytes, key(i).as_bytes());
+            }
+            Ok(Call::Resp {
+                commands: Template::new(bytes, keys)?,
+                replies: keys,
+            })
+        };
+        let get = |out: &mut Vec<u8>, key: &[u8]| resp_command(out, &[b"GET", key]);
+        let set = |out: &mut Vec<u8>, key: &[u8]| resp_set(out, key, &value, args.ttl_ms);
+        let (calls, first_share) = match args.workload {
+            Workload::Get => (vec![commands(1, &get)?], 1.0),
+            Workload::Set => (vec![commands(1, &set)?], 1.0),
+            Workload::Mixed => (
+                vec![commands(1, &get)?, commands(1, &set)?],
+                args.read_ratio,
+            ),
+            Workload::MultiGet => (vec![commands(batch, &get)?], 1.0),
+            Workload::Write => (vec![commands(batch, &set)?], 1.0),
+            Workload::RestGet => bail!(
+                "--workload rest-get is the node's HTTP route; against redis:// use --workload get"
+            ),
+        };
+        Plan::with_calls(args, &target, Protocol::Resp, value, calls, first_share)
+    }
+
+    fn with_calls(
+        args: &BenchArgs,
+        target: &Target,
+        protocol: Protocol,
+        value: Bytes,
+        calls: Vec<Call>,
+        first_share: f64,
+    ) -> Result<Plan> {
         let stop = match (args.requests, args.duration) {
             (Some(n), _) => StopRule::Requests(n),
             (None, Some(d)) => StopRule::After(d),
@@ -326,7 +383,7 @@ impl Plan {
         );
         Ok(Plan {
             connect_to: target.connect_to.clone(),
-            http2,
+            protocol,
             keys: args.keys,
             preload: args.preload,
             warmup: args.warmup,
@@ -339,27 +396,14 @@ impl Plan {
         })
     }
 
-    /// The CBOR body of preload batch `index` (keys `index * 100 ..`), or None past the key
-    /// space. Preloaded keys never expire, whatever `--ttl-ms` says, so gets hit for the
-    /// whole run.
-    fn preload_body(&self, index: u64) -> Option<Vec<u8>> {
+    /// The keys of preload batch `index` (`index * 100 ..`), or None past the key space.
+    /// Preloaded keys never expire, whatever `--ttl-ms` says, so gets hit for the whole run.
+    fn preload_keys(&self, index: u64) -> Option<Range<u64>> {
         let first = index.checked_mul(PRELOAD_BATCH)?;
         if first >= self.keys {
             return None;
         }
-        let last = first.saturating_add(PRELOAD_BATCH).min(self.keys);
-        let body = WriteRequest {
-            mutations: (first..last)
-                .map(|i| Mutation {
-                    op: Op::Set as i32,
-                    key: Bytes::from(key(i)),
-                    value: self.value.clone(),
-                    ttl_ms: 0,
-                })
-                .collect(),
-            min_replicas: 0,
-        };
-        Some(Codec::Cbor.encode(&body))
+        Some(first..first.saturating_add(PRELOAD_BATCH).min(self.keys))
     }
 }
 
@@ -374,10 +418,30 @@ struct Target {
     host: String,
     /// A path prefix (e.g. `/kv` behind a proxy) without a trailing slash; usually empty.
     prefix: String,
+    /// A `redis://` address: a Redis server, spoken to over RESP.
+    resp: bool,
 }
 
 impl Target {
     fn parse(addr: &str) -> Result<Target> {
+        if let Some(rest) = addr.trim().strip_prefix("redis://") {
+            let authority: http::uri::Authority = rest
+                .trim_end_matches('/')
+                .parse()
+                .with_context(|| format!("{addr:?} is not redis://host[:port]"))?;
+            ensure!(
+                !authority.as_str().contains('@'),
+                "{addr:?}: the load generator sends no credentials to Redis"
+            );
+            let port = authority.port_u16().unwrap_or(6379);
+            return Ok(Target {
+                connect_to: format!("{}:{port}", authority.host()),
+                origin: format!("http://{authority}"),
+                host: authority.as_str().to_owned(),
+                prefix: String::new(),
+                resp: true,
+            });
+        }
         // The client's rules for what an address may be, so both accept the same ones.
         let base = wasmkv::client::normalize_base(addr)?;
         let uri: Uri = base.parse().context("normalized address")?;
@@ -398,6 +462,7 @@ impl Target {
             origin: format!("http://{authority}"),
             host: authority.as_str().to_owned(),
             prefix: uri.path().trim_end_matches('/').to_owned(),
+            resp: false,
         })
     }
 
@@ -611,7 +676,7 @@ async fn run_connections(shared: Arc<Shared>, first: usize, step: usize) -> Resu
 async fn connection(index: u64, shared: Arc<Shared>) -> Recorder {
     let plan = &shared.plan;
     let mut recorder = Recorder::new();
-    let mut link = match Link::open(&plan.connect_to, plan.http2).await {
+    let mut link = match Link::open(&plan.connect_to, plan.protocol).await {
         Ok(link) => Some(link),
         Err(e) => {
             shared.fail(anyhow!("{e}"));
@@ -673,7 +738,7 @@ async fn connection(index: u64, shared: Arc<Shared>) -> Recorder {
                 return recorder;
             }
         }
-        match Link::open(&plan.connect_to, plan.http2).await {
+        match Link::open(&plan.connect_to, plan.protocol).await {
             Ok(new) => link = new,
             Err(e) => {
                 // The node is gone: this connection stops, its failure counted even in the
@@ -690,10 +755,11 @@ async fn connection(index: u64, shared: Arc<Shared>) -> Recorder {
 async fn preload(link: &mut Link, shared: &Shared) -> Result<(), ConnectError> {
     loop {
         let index = shared.next_batch.fetch_add(1, Ordering::Relaxed);
-        let Some(body) = shared.plan.preload_body(index) else {
+        let plan = &shared.plan;
+        let Some(keys) = plan.preload_keys(index) else {
             return Ok(());
         };
-        if let Some(error) = link.send_once(&shared.plan.preload_call, body).await? {
+        if let Some(error) = link.set_all(&plan.preload_call, keys, &plan.value).await? {
             return Err(error);
         }
     }
@@ -867,6 +933,8 @@ mod tests {
     use clap::Parser;
     use wasmkv::api::proto::{GetRequest, MultiGetRequest, SetRequest, WriteRequest};
 
+    use super::link::{resp_sets, write_of};
+
     use super::*;
 
     #[derive(Parser)]
@@ -1019,6 +1087,7 @@ mod tests {
                 origin: "http://127.0.0.1:9000".into(),
                 host: "127.0.0.1:9000".into(),
                 prefix: String::new(),
+                resp: false,
             }
         );
         let proxied = target(" http://node/kv/ ");
@@ -1029,6 +1098,14 @@ mod tests {
         assert_eq!(proxied.prefix, "/kv");
         assert_eq!(target("http://[::1]:8080").connect_to, "[::1]:8080");
         for bad in ["https://x:1", "http://", "http://x:1/?a=b", "x y"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+        // A Redis server: its default port, and nothing a RESP client could not send.
+        let redis = target("redis://127.0.0.1:7000");
+        assert!(redis.resp);
+        assert_eq!(redis.connect_to, "127.0.0.1:7000");
+        assert_eq!(target("redis://cache/").connect_to, "cache:6379");
+        for bad in ["redis://", "redis://x:1/0", "redis://user:pw@x:1"] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
     }
@@ -1064,6 +1141,10 @@ mod tests {
             }
             Call::Connect { body, .. } => (String::new(), fill(body, &mut next_key)),
             Call::Rest { uri } => (String::from_utf8(fill(uri, &mut next_key)).unwrap(), vec![]),
+            Call::Resp { commands, .. } => (
+                String::from_utf8(fill(commands, &mut next_key)).unwrap(),
+                vec![],
+            ),
         }
     }
 
@@ -1148,6 +1229,46 @@ mod tests {
     }
 
     #[test]
+    fn over_resp_each_workload_is_the_commands_that_do_the_same() {
+        let resp = |workload: &str| {
+            plan(&[
+                "--addr=redis://h:1",
+                "--value-size=2",
+                "--batch=2",
+                "--ttl-ms=500",
+                &format!("--workload={workload}"),
+            ])
+        };
+        let text = |plan: &Plan, which: usize, keys: &[u64]| {
+            let Call::Resp { replies, .. } = &plan.calls[which] else {
+                panic!("not a RESP call");
+            };
+            (filled(&plan.calls[which], keys).0, *replies)
+        };
+        let get = |k| format!("*2\r\n$3\r\nGET\r\n$16\r\n{}\r\n", key(k));
+        let set = |k| {
+            format!(
+                "*5\r\n$3\r\nSET\r\n$16\r\n{}\r\n$2\r\nxx\r\n$2\r\nPX\r\n$3\r\n500\r\n",
+                key(k)
+            )
+        };
+        let plan = resp("get");
+        assert_eq!(plan.protocol, Protocol::Resp);
+        assert_eq!(text(&plan, 0, &[7]), (get(7), 1));
+        assert_eq!(text(&resp("set"), 0, &[8]), (set(8), 1));
+        let mixed = resp("mixed");
+        assert_eq!(text(&mixed, 0, &[1]), (get(1), 1));
+        assert_eq!(text(&mixed, 1, &[2]), (set(2), 1));
+        // A batch is that many commands in one write, and as many replies.
+        assert_eq!(text(&resp("multiget"), 0, &[3, 4]), (get(3) + &get(4), 2));
+        assert_eq!(text(&resp("write"), 0, &[5, 6]), (set(5) + &set(6), 2));
+        // What RESP cannot say is refused before anything is sent.
+        let refused = |args: &[&str]| Plan::new(&parse(args).unwrap()).err().unwrap().to_string();
+        assert!(refused(&["--addr=redis://h:1", "--workload=rest-get"]).contains("--workload get"));
+        assert!(refused(&["--addr=redis://h:1", "--http2"]).contains("RESP"));
+    }
+
+    #[test]
     fn the_batch_is_ignored_by_single_key_workloads() {
         let args = parse(&["--workload=get", "--batch=8"]).unwrap();
         assert!(!args.workload.batched());
@@ -1160,8 +1281,8 @@ mod tests {
         let plan = plan(&["--keys=250", "--ttl-ms=1000", "--value-size=3"]);
         let mut seen = Vec::new();
         let mut index = 0;
-        while let Some(body) = plan.preload_body(index) {
-            let request: WriteRequest = decode(&body);
+        while let Some(keys) = plan.preload_keys(index) {
+            let request: WriteRequest = decode(&Codec::Cbor.encode(&write_of(keys, &plan.value)));
             assert!(request.mutations.len() <= PRELOAD_BATCH as usize);
             for m in request.mutations {
                 assert_eq!((m.op, m.ttl_ms, m.value.len()), (Op::Set as i32, 0, 3));
@@ -1171,7 +1292,18 @@ mod tests {
         }
         assert_eq!(index, 3);
         assert_eq!(seen, (0..250).map(key).collect::<Vec<_>>());
-        assert!(plan.preload_body(u64::MAX).is_none());
+        assert!(plan.preload_keys(u64::MAX).is_none());
+        // Over RESP, the same keys as pipelined SETs without expiry.
+        let sets = String::from_utf8(resp_sets(2..4, &plan.value)).unwrap();
+        assert_eq!(
+            sets,
+            format!(
+                "*3\r\n$3\r\nSET\r\n$16\r\n{}\r\n$3\r\nxxx\r\n\
+                 *3\r\n$3\r\nSET\r\n$16\r\n{}\r\n$3\r\nxxx\r\n",
+                key(2),
+                key(3)
+            )
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The bench's side of the wire: requests built once and patched per request, and the two
+//! The bench's side of the wire: requests built once and patched per request, and the three
 //! kinds of connection that carry them.
 //!
 //! HTTP/1.1 is spoken directly on the socket. A closed loop with one request in flight needs
@@ -9,8 +9,13 @@
 //! that were serialized once (head and body) with only the key digits rewritten, and a
 //! response is parsed in place with httparse. HTTP/2 goes through hyper, whose framing and
 //! flow control are not worth redoing.
+//!
+//! RESP (Redis's protocol) is the third: the same workloads sent to a Redis server by this
+//! same client, so that the two servers' latencies are timed alike (`redis-benchmark` starts
+//! its clock one event-loop turn after this client would, and tops out on one core).
 
 use std::io;
+use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
@@ -20,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use wasmkv::api::proto::{Mutation, Op, WriteRequest};
 use wasmkv::api::{Code, Codec, ConnectError};
 use wasmkv::client::error_from_response;
 
@@ -143,12 +149,35 @@ pub(super) enum Call {
     },
     /// HTTP/2 REST GET: the URI's key filled in per request.
     Rest { uri: Template },
+    /// RESP: commands pipelined in one write, keys rewritten in place; as many replies.
+    Resp { commands: Template, replies: usize },
+}
+
+/// Append `args` as one RESP command (an array of bulk strings) to `out`.
+pub(super) fn resp_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Append a RESP `SET key value`, with `PX ttl_ms` unless it is 0, to `out`.
+pub(super) fn resp_set(out: &mut Vec<u8>, key: &[u8], value: &[u8], ttl_ms: u64) {
+    if ttl_ms == 0 {
+        resp_command(out, &[b"SET", key, value]);
+    } else {
+        let ttl = ttl_ms.to_string();
+        resp_command(out, &[b"SET", key, value, b"PX", ttl.as_bytes()]);
+    }
 }
 
 /// A connection's own copies of what its requests are built from.
 pub(super) struct Caller<'a> {
     calls: &'a [Call],
-    /// For `Call::Wire`, the request bytes, rewritten in place by each request.
+    /// For `Call::Wire` and `Call::Resp`, the request bytes, rewritten in place by each
+    /// request.
     wire: Vec<Vec<u8>>,
     buf: BytesMut,
 }
@@ -158,7 +187,10 @@ impl<'a> Caller<'a> {
         let wire = calls
             .iter()
             .map(|call| match call {
-                Call::Wire(template) => template.bytes.clone(),
+                Call::Wire(template)
+                | Call::Resp {
+                    commands: template, ..
+                } => template.bytes.clone(),
                 Call::Connect { .. } | Call::Rest { .. } => Vec::new(),
             })
             .collect();
@@ -183,6 +215,11 @@ impl<'a> Caller<'a> {
                 template.fill_in_place(bytes, next_key);
                 wire.exchange(bytes, want_error).await
             }
+            (Call::Resp { commands, replies }, Link::Resp(resp)) => {
+                let bytes = &mut self.wire[which];
+                commands.fill_in_place(bytes, next_key);
+                resp.exchange(bytes, *replies, want_error).await
+            }
             (Call::Connect { target, body }, Link::H2(h2)) => {
                 let request = target.request(body.fill(&mut self.buf, next_key));
                 h2.exchange(request, want_error).await
@@ -199,73 +236,164 @@ impl<'a> Caller<'a> {
     }
 }
 
-/// One connection to the node.
+/// What a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Protocol {
+    Http1,
+    Http2,
+    Resp,
+}
+
+impl Protocol {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+            Protocol::Resp => "RESP",
+        }
+    }
+}
+
+/// One connection to the server.
 pub(super) enum Link {
     Wire(WireLink),
     H2(H2Link),
+    Resp(RespLink),
 }
 
 impl Link {
-    pub(super) async fn open(connect_to: &str, http2: bool) -> Result<Link, ConnectError> {
+    pub(super) async fn open(connect_to: &str, protocol: Protocol) -> Result<Link, ConnectError> {
         let unavailable = |e: io::Error| {
             ConnectError::unavailable(format!("cannot connect to {connect_to}: {e}"))
         };
         let stream = TcpStream::connect(connect_to).await.map_err(unavailable)?;
         // One small request at a time per connection: Nagle's algorithm would only delay it.
         stream.set_nodelay(true).map_err(unavailable)?;
-        if !http2 {
-            return Ok(Link::Wire(WireLink {
-                stream,
-                buf: Vec::with_capacity(READ_CHUNK),
-                closing: false,
-                connect_to: connect_to.to_owned(),
-            }));
+        if protocol == Protocol::Http2 {
+            return H2Link::open(stream, connect_to).await.map(Link::H2);
         }
-        let (sender, driver) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .map_err(|e| transport_error(connect_to, &e))?;
-        // The connection's I/O runs in its own task (hyper spawns one per HTTP/2 stream
-        // anyway); when it fails, the next send says so.
-        tokio::spawn(async move {
-            let _ = driver.await;
-        });
-        Ok(Link::H2(H2Link {
-            sender,
+        let socket = Socket {
+            stream,
+            buf: Vec::with_capacity(READ_CHUNK),
+            ended: false,
             connect_to: connect_to.to_owned(),
-        }))
+        };
+        Ok(match protocol {
+            Protocol::Resp => Link::Resp(RespLink { socket }),
+            _ => Link::Wire(WireLink {
+                socket,
+                closing: false,
+            }),
+        })
     }
-
     /// Whether another request may be sent (the node did not announce it closes the
     /// connection).
     pub(super) fn reusable(&self) -> bool {
         match self {
-            Link::Wire(wire) => !wire.closing,
+            Link::Wire(wire) => !wire.closing && !wire.socket.ended,
             Link::H2(h2) => !h2.sender.is_closed(),
+            Link::Resp(resp) => !resp.socket.ended,
         }
     }
 
-    /// Send `call` (preloading: built once, so no template) and wait for the whole answer.
-    pub(super) async fn send_once(
+    /// Set every key of `keys` to `value`, without expiry, in one request (preloading):
+    /// a `Write` sent as `call`, or pipelined SETs over RESP.
+    pub(super) async fn set_all(
         &mut self,
         call: &ConnectCall,
-        body: Vec<u8>,
+        keys: Range<u64>,
+        value: &Bytes,
     ) -> Result<Option<ConnectError>, ConnectError> {
         match self {
-            Link::Wire(wire) => wire.exchange(&call.wire(&body), true).await,
-            Link::H2(h2) => h2.exchange(call.request(Bytes::from(body)), true).await,
+            Link::Resp(resp) => {
+                let count = keys.clone().count();
+                resp.exchange(&resp_sets(keys, value), count, true).await
+            }
+            Link::Wire(wire) => {
+                let body = Codec::Cbor.encode(&write_of(keys, value));
+                wire.exchange(&call.wire(&body), true).await
+            }
+            Link::H2(h2) => {
+                let body = Codec::Cbor.encode(&write_of(keys, value));
+                h2.exchange(call.request(Bytes::from(body)), true).await
+            }
         }
+    }
+}
+
+/// A `Write` setting every key of `keys` to `value`, without expiry.
+pub(super) fn write_of(keys: Range<u64>, value: &Bytes) -> WriteRequest {
+    WriteRequest {
+        mutations: keys
+            .map(|i| Mutation {
+                op: Op::Set as i32,
+                key: Bytes::from(key(i)),
+                value: value.clone(),
+                ttl_ms: 0,
+            })
+            .collect(),
+        min_replicas: 0,
+    }
+}
+
+/// Pipelined RESP SETs of every key of `keys` to `value`, without expiry.
+pub(super) fn resp_sets(keys: Range<u64>, value: &[u8]) -> Vec<u8> {
+    let mut commands = Vec::new();
+    for i in keys {
+        resp_set(&mut commands, key(i).as_bytes(), value, 0);
+    }
+    commands
+}
+
+/// A bare TCP socket and the answer being read from it.
+struct Socket {
+    stream: TcpStream,
+    /// The answer being read; its allocation serves every answer.
+    buf: Vec<u8>,
+    /// The server closed the connection.
+    ended: bool,
+    connect_to: String,
+}
+
+impl Socket {
+    /// Write all of `request`, and forget the last answer: with one request in flight,
+    /// whatever is in the buffer belonged to it.
+    async fn send(&mut self, request: &[u8]) -> Result<(), ConnectError> {
+        self.buf.clear();
+        self.stream
+            .write_all(request)
+            .await
+            .map_err(|e| ConnectError::unavailable(format!("{}: {e}", self.connect_to)))
+    }
+
+    async fn read_more(&mut self) -> Result<(), ConnectError> {
+        self.buf.reserve(READ_CHUNK);
+        match self.stream.read_buf(&mut self.buf).await {
+            Ok(0) => {
+                self.ended = true;
+                Err(ConnectError::unavailable(format!(
+                    "{} closed the connection",
+                    self.connect_to
+                )))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(ConnectError::unavailable(format!(
+                "{}: {e}",
+                self.connect_to
+            ))),
+        }
+    }
+
+    fn unreadable(&self, why: &str) -> ConnectError {
+        ConnectError::internal(format!("{}: {why}", self.connect_to))
     }
 }
 
 /// HTTP/1.1 on a bare socket.
 pub(super) struct WireLink {
-    stream: TcpStream,
-    /// The answer being read; its allocation serves every answer.
-    buf: Vec<u8>,
+    socket: Socket,
     /// The node announced it closes the connection after the last answer.
     closing: bool,
-    connect_to: String,
 }
 
 /// What the head of an answer says.
@@ -286,25 +414,18 @@ impl WireLink {
         request: &[u8],
         want_error: bool,
     ) -> Result<Option<ConnectError>, ConnectError> {
-        let lost = |e: io::Error| ConnectError::unavailable(format!("{}: {e}", self.connect_to));
-        self.stream.write_all(request).await.map_err(lost)?;
-        // One request in flight: whatever was in the buffer belonged to the last answer.
-        self.buf.clear();
+        let socket = &mut self.socket;
+        socket.send(request).await?;
         let head = loop {
-            match parse_head(&self.buf) {
+            match parse_head(&socket.buf) {
                 Ok(Some(head)) => break head,
-                Ok(None) => self.read_more().await?,
-                Err(why) => {
-                    return Err(ConnectError::internal(format!(
-                        "{}: {why}",
-                        self.connect_to
-                    )));
-                }
+                Ok(None) => socket.read_more().await?,
+                Err(why) => return Err(socket.unreadable(&why)),
             }
         };
         let end = head.len + head.content_length;
-        while self.buf.len() < end {
-            self.read_more().await?;
+        while socket.buf.len() < end {
+            socket.read_more().await?;
         }
         self.closing = head.close;
         if head.status == 200 {
@@ -312,28 +433,10 @@ impl WireLink {
         }
         let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
         Ok(Some(if want_error {
-            error_from_response(status, &self.buf[head.len..end])
+            error_from_response(status, &socket.buf[head.len..end])
         } else {
             ConnectError::new(Code::Unknown, String::new())
         }))
-    }
-
-    async fn read_more(&mut self) -> Result<(), ConnectError> {
-        self.buf.reserve(READ_CHUNK);
-        match self.stream.read_buf(&mut self.buf).await {
-            Ok(0) => {
-                self.closing = true;
-                Err(ConnectError::unavailable(format!(
-                    "{} closed the connection",
-                    self.connect_to
-                )))
-            }
-            Ok(_) => Ok(()),
-            Err(e) => Err(ConnectError::unavailable(format!(
-                "{}: {e}",
-                self.connect_to
-            ))),
-        }
     }
 }
 
@@ -397,6 +500,113 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     }))
 }
 
+/// RESP on a bare socket.
+pub(super) struct RespLink {
+    socket: Socket,
+}
+
+impl RespLink {
+    /// Send `commands` and read `replies` replies: Ok(None) when none is an error reply,
+    /// Ok(Some) with the first error reply (its text only when `want_error`), Err when the
+    /// connection failed or a reply cannot be read.
+    async fn exchange(
+        &mut self,
+        commands: &[u8],
+        replies: usize,
+        want_error: bool,
+    ) -> Result<Option<ConnectError>, ConnectError> {
+        let socket = &mut self.socket;
+        socket.send(commands).await?;
+        let (mut read, mut at, mut first_error) = (0, 0, None);
+        while read < replies {
+            match parse_reply(&socket.buf[at..]) {
+                Ok(Some(reply)) => {
+                    read += 1;
+                    at += reply.len;
+                    first_error = first_error.or(reply.error);
+                }
+                Ok(None) => socket.read_more().await?,
+                Err(why) => return Err(socket.unreadable(&why)),
+            }
+        }
+        Ok(first_error.map(|text| {
+            let text = if want_error { text } else { String::new() };
+            ConnectError::new(Code::Unknown, text)
+        }))
+    }
+}
+
+/// One whole RESP reply at the start of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+struct Reply {
+    len: usize,
+    /// The text of the first error reply in it (`-ERR ...`).
+    error: Option<String>,
+}
+
+/// The reply at the start of `buf`: None while incomplete, Err for what is not RESP.
+fn parse_reply(buf: &[u8]) -> Result<Option<Reply>, String> {
+    let Some(&kind) = buf.first() else {
+        return Ok(None);
+    };
+    let Some(line_len) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let line = &buf[1..line_len];
+    let after_line = line_len + 2;
+    let count = || -> Result<i64, String> {
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("bad RESP length {:?}", line.escape_ascii().to_string()))
+    };
+    let simple = |error| {
+        Ok(Some(Reply {
+            len: after_line,
+            error,
+        }))
+    };
+    match kind {
+        b'+' | b':' => simple(None),
+        b'-' => simple(Some(String::from_utf8_lossy(line).into_owned())),
+        b'$' => match usize::try_from(count()?) {
+            // `$-1`: a missing key's null.
+            Err(_) => simple(None),
+            Ok(n) => {
+                let end = after_line.saturating_add(n).saturating_add(2);
+                match buf.get(after_line.saturating_add(n)..end) {
+                    None => Ok(None),
+                    Some(b"\r\n") => Ok(Some(Reply {
+                        len: end,
+                        error: None,
+                    })),
+                    Some(_) => Err(format!("a RESP bulk string of {n} bytes is longer")),
+                }
+            }
+        },
+        b'*' => {
+            let mut reply = Reply {
+                len: after_line,
+                error: None,
+            };
+            for _ in 0..count()?.max(0) {
+                match parse_reply(&buf[reply.len..])? {
+                    None => return Ok(None),
+                    Some(item) => {
+                        reply.len += item.len;
+                        reply.error = reply.error.or(item.error);
+                    }
+                }
+            }
+            Ok(Some(reply))
+        }
+        other => Err(format!(
+            "not a RESP reply: it starts with {:?}",
+            char::from(other)
+        )),
+    }
+}
+
 /// HTTP/2 through hyper.
 pub(super) struct H2Link {
     sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
@@ -404,6 +614,22 @@ pub(super) struct H2Link {
 }
 
 impl H2Link {
+    async fn open(stream: TcpStream, connect_to: &str) -> Result<H2Link, ConnectError> {
+        let (sender, driver) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|e| transport_error(connect_to, &e))?;
+        // The connection's I/O runs in its own task (hyper spawns one per HTTP/2 stream
+        // anyway); when it fails, the next send says so.
+        tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        Ok(H2Link {
+            sender,
+            connect_to: connect_to.to_owned(),
+        })
+    }
+
     async fn exchange(
         &mut self,
         request: Request<Full<Bytes>>,
@@ -502,6 +728,62 @@ mod tests {
         // No body, no length needed.
         let empty = b"HTTP/1.1 204 No Content\r\n\r\n";
         assert_eq!(parse_head(empty).unwrap().unwrap().content_length, 0);
+    }
+
+    #[test]
+    fn resp_replies_are_read_whole() {
+        let reply = |buf: &[u8]| parse_reply(buf).unwrap();
+        let ok = |len| Some(Reply { len, error: None });
+        assert_eq!(reply(b"+OK\r\n"), ok(5));
+        assert_eq!(reply(b":42\r\n+OK\r\n"), ok(5));
+        assert_eq!(reply(b"$3\r\nabc\r\n$-1\r\n"), ok(9));
+        assert_eq!(reply(b"$-1\r\n"), ok(5));
+        // A bulk string may hold CR LF; only its length says where it ends.
+        assert_eq!(reply(b"$4\r\n\r\n\r\n\r\n"), ok(10));
+        assert_eq!(reply(b"*2\r\n$1\r\na\r\n$-1\r\n"), ok(16));
+        assert_eq!(
+            reply(b"-ERR wrong type\r\n"),
+            Some(Reply {
+                len: 17,
+                error: Some("ERR wrong type".into())
+            })
+        );
+        assert_eq!(
+            reply(b"*2\r\n+OK\r\n-OOM full\r\n")
+                .unwrap()
+                .error
+                .as_deref(),
+            Some("OOM full")
+        );
+        // Incomplete replies wait for more bytes.
+        for part in [
+            &b""[..],
+            b"+OK",
+            b"+OK\r",
+            b"$3\r\nab",
+            b"$3\r\nabc\r",
+            b"*2\r\n+OK\r\n",
+        ] {
+            assert_eq!(reply(part), None, "{:?}", part.escape_ascii().to_string());
+        }
+        // What is not RESP is an error, not a wait.
+        assert!(parse_reply(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(parse_reply(b"$x\r\n").is_err());
+        assert!(parse_reply(b"$3\r\nabcd\r\n").is_err());
+    }
+
+    #[test]
+    fn resp_commands_are_arrays_of_bulk_strings() {
+        let mut out = Vec::new();
+        resp_command(&mut out, &[b"GET", b"k"]);
+        resp_set(&mut out, b"k", b"", 0);
+        resp_set(&mut out, b"k", b"v", 1500);
+        assert_eq!(
+            out,
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n\
+              *3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n\
+              *5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nPX\r\n$4\r\n1500\r\n"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use wasmkv::api::ConnectError;
 
+use super::link::Protocol;
+
 /// Latency range of the histograms, in µs: 1 µs to 60 s at 3 significant digits.
 const LOWEST_US: u64 = 1;
 const HIGHEST_US: u64 = 60_000_000;
@@ -108,7 +110,8 @@ impl Totals {
 pub(super) struct Report {
     pub(super) workload: &'static str,
     pub(super) connections: u32,
-    pub(super) http2: bool,
+    /// `HTTP/1.1`, `HTTP/2` or `RESP`.
+    pub(super) protocol: &'static str,
     pub(super) batch: u32,
     /// `--rate`: the paced rate asked for (null: closed loop).
     pub(super) rate: Option<u64>,
@@ -128,7 +131,7 @@ impl Report {
     pub(super) fn new(
         workload: &'static str,
         connections: u32,
-        http2: bool,
+        protocol: Protocol,
         batch: u32,
         rate: Option<u64>,
         totals: &Totals,
@@ -153,7 +156,7 @@ impl Report {
         Report {
             workload,
             connections,
-            http2,
+            protocol: protocol.name(),
             batch,
             rate,
             requests: totals.requests,
@@ -171,7 +174,7 @@ impl Report {
 
     /// The same figures for a person: one named line each.
     pub(super) fn table(&self) -> String {
-        let protocol = if self.http2 { "HTTP/2" } else { "HTTP/1.1" };
+        let protocol = self.protocol;
         let pacing = self.rate.map_or(String::new(), |rate| {
             format!(", paced at {} requests/s", thousands(rate))
         });
@@ -246,7 +249,7 @@ mod tests {
         let totals = Totals::merge(vec![a, b], start, start);
         assert_eq!(totals.requests, 1000);
         assert_eq!(totals.elapsed, Duration::from_secs(4));
-        let report = Report::new("get", 2, false, 1, None, &totals);
+        let report = Report::new("get", 2, Protocol::Http1, 1, None, &totals);
         assert_eq!(report.p50_us, 500);
         assert_eq!(report.p99_us, 990);
         assert_eq!(report.p999_us, 999);
@@ -264,12 +267,12 @@ mod tests {
             start,
             start,
         );
-        let report = Report::new("multiget", 1, true, 16, None, &totals);
+        let report = Report::new("multiget", 1, Protocol::Http2, 16, None, &totals);
         assert_eq!((report.requests, report.ops), (10, 160));
         assert_eq!((report.rps, report.ops_per_s), (20.0, 320.0));
         let json = serde_json::to_string(&report).unwrap();
         assert!(
-            json.starts_with(r#"{"workload":"multiget","connections":1,"http2":true,"batch":16,"rate":null,"requests":10,"ops":160,"errors":0,"elapsed_s":0.5,"rps":20.0,"ops_per_s":320.0,"p50_us":100,"#),
+            json.starts_with(r#"{"workload":"multiget","connections":1,"protocol":"HTTP/2","batch":16,"rate":null,"requests":10,"ops":160,"errors":0,"elapsed_s":0.5,"rps":20.0,"ops_per_s":320.0,"p50_us":100,"#),
             "{json}"
         );
         assert!(json.ends_with(r#""p999_us":100,"max_us":100}"#), "{json}");
@@ -284,7 +287,7 @@ mod tests {
         let report = Report::new(
             "get",
             1,
-            false,
+            Protocol::Http1,
             1,
             None,
             &Totals::merge(vec![r], start, start),
@@ -315,7 +318,10 @@ mod tests {
         assert_eq!((totals.requests, totals.errors), (99, 3));
         assert_eq!(totals.first_error.as_ref().unwrap().message, "earlier");
         assert!(totals.too_many_errors());
-        assert_eq!(Report::new("set", 2, false, 1, None, &totals).errors, 3);
+        assert_eq!(
+            Report::new("set", 2, Protocol::Http1, 1, None, &totals).errors,
+            3
+        );
     }
 
     #[test]
@@ -338,7 +344,7 @@ mod tests {
     fn an_empty_run_reports_zeros() {
         let start = Instant::now();
         let totals = Totals::merge(vec![Recorder::new()], start, start);
-        let report = Report::new("get", 1, false, 1, None, &totals);
+        let report = Report::new("get", 1, Protocol::Http1, 1, None, &totals);
         assert_eq!(
             (report.requests, report.rps, report.p50_us, report.max_us),
             (0, 0.0, 0, 0)
@@ -361,7 +367,7 @@ mod tests {
             start,
             start,
         );
-        let table = Report::new("rest-get", 50, false, 1, None, &totals).table();
+        let table = Report::new("rest-get", 50, Protocol::Http1, 1, None, &totals).table();
         for needle in [
             "rest-get (HTTP/1.1, 50 connections, batch 1)\n",
             "requests     4\n",
@@ -371,7 +377,7 @@ mod tests {
         ] {
             assert!(table.contains(needle), "{needle:?} in\n{table}");
         }
-        let paced = Report::new("set", 50, false, 1, Some(20_000), &totals);
+        let paced = Report::new("set", 50, Protocol::Http1, 1, Some(20_000), &totals);
         assert!(
             paced
                 .table()
