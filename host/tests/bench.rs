@@ -1,5 +1,6 @@
-//! `wasmkv bench` as a real process against an in-process node: every workload, both
-//! protocols, the JSON report's figures, and failures that must fail the run.
+//! `wasmkv bench` as a real process against an in-process node: every workload, both HTTP
+//! protocols, the JSON report's figures, and failures that must fail the run; and over RESP
+//! against a stand-in for Redis.
 
 mod common;
 
@@ -258,4 +259,168 @@ async fn an_unreachable_node_fails_at_once() {
         stderr.contains("unavailable: cannot connect to") && stderr.contains(&addr),
         "{stderr}"
     );
+}
+
+/// A stand-in for Redis: it speaks RESP over a real socket and keeps what it is sent, so the
+/// RESP side of the load generator is checked without a Redis server on the test machine
+/// (`cargo xtask bench` runs it against the real one).
+mod fake_redis {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[derive(Default)]
+    pub struct Seen {
+        pub store: HashMap<Vec<u8>, Vec<u8>>,
+        pub gets: u64,
+        pub misses: u64,
+        pub sets: u64,
+    }
+
+    /// Listen on a free port; with `refuse_sets`, every SET gets an error reply.
+    pub async fn start(refuse_sets: bool) -> (String, Arc<Mutex<Seen>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("redis://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let shared = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, Arc::clone(&shared), refuse_sets));
+            }
+        });
+        (addr, seen)
+    }
+
+    async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Seen>>, refuse_sets: bool) {
+        let mut buf = Vec::new();
+        loop {
+            let mut replies = Vec::new();
+            while let Some((args, len)) = command(&buf) {
+                buf.drain(..len);
+                replies.extend(answer(&args, &mut seen.lock().unwrap(), refuse_sets));
+            }
+            if !replies.is_empty() && stream.write_all(&replies).await.is_err() {
+                return;
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn answer(args: &[Vec<u8>], seen: &mut Seen, refuse_sets: bool) -> Vec<u8> {
+        match args {
+            [name, key] if name == b"GET" => {
+                seen.gets += 1;
+                match seen.store.get(key) {
+                    Some(value) => {
+                        let mut out = format!("${}\r\n", value.len()).into_bytes();
+                        out.extend_from_slice(value);
+                        out.extend_from_slice(b"\r\n");
+                        out
+                    }
+                    None => {
+                        seen.misses += 1;
+                        b"$-1\r\n".to_vec()
+                    }
+                }
+            }
+            [name, ..] if name == b"SET" && refuse_sets => {
+                b"-OOM command not allowed when used memory > 'maxmemory'.\r\n".to_vec()
+            }
+            [name, key, value, ..] if name == b"SET" => {
+                seen.sets += 1;
+                seen.store.insert(key.clone(), value.clone());
+                b"+OK\r\n".to_vec()
+            }
+            _ => b"-ERR unknown command\r\n".to_vec(),
+        }
+    }
+
+    /// The command at the start of `buf` and its length, once it is all there.
+    fn command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+        let line = |at: usize| -> Option<(usize, usize)> {
+            let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+            let n = std::str::from_utf8(&buf[at + 1..end]).ok()?.parse().ok()?;
+            Some((n, end + 2))
+        };
+        let (count, mut at) = line(0)?;
+        let mut args = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (len, start) = line(at)?;
+            args.push(buf.get(start..start + len)?.to_vec());
+            at = start + len + 2;
+        }
+        (buf.len() >= at).then_some((args, at))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_resp_every_workload_reaches_a_redis_server() {
+    let (addr, seen) = fake_redis::start(false).await;
+    let keys = KEYS.to_string();
+    for (workload, batch) in [("get", 1), ("multiget", 3), ("set", 1), ("write", 3)] {
+        let batch_arg = format!("--batch={batch}");
+        let mut args = vec![
+            "--workload",
+            workload,
+            "--requests=200",
+            "--connections=4",
+            "--warmup=0s",
+            "--json",
+            "--keys",
+            &keys,
+            &batch_arg,
+        ];
+        if workload == "get" {
+            args.push("--preload");
+        }
+        let output = bench(&addr, &args).await;
+        assert!(
+            output.status.success(),
+            "{workload}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json = report(&output);
+        assert_eq!(json["protocol"], "RESP", "{json}");
+        assert_eq!(number(&json, "requests"), 200, "{json}");
+        assert_eq!(number(&json, "ops"), 200 * batch, "{json}");
+        assert_eq!(number(&json, "errors"), 0, "{json}");
+    }
+    let seen = seen.lock().unwrap();
+    // The preload set every key once; then 200 gets and 600 multiget keys, all hits; then
+    // 200 sets and 600 write keys.
+    assert_eq!(seen.store.len() as u64, KEYS);
+    assert_eq!((seen.gets, seen.misses), (800, 0));
+    assert_eq!(seen.sets, KEYS + 800);
+    assert!(seen.store.values().all(|v| v.len() == 64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_error_replies_fail_the_run_with_the_first() {
+    let (addr, seen) = fake_redis::start(true).await;
+    let args = [
+        "--workload=write",
+        "--requests=20",
+        "--connections=2",
+        "--warmup=0s",
+        "--json",
+    ];
+    let output = bench(&addr, &args).await;
+    assert_eq!(output.status.code(), Some(2));
+    let json = report(&output);
+    assert_eq!(
+        (number(&json, "requests"), number(&json, "errors")),
+        (0, 20),
+        "{json}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("20 of 20 requests failed; the first: unknown: OOM command not allowed"),
+        "{stderr}"
+    );
+    assert_eq!(seen.lock().unwrap().sets, 0);
 }
