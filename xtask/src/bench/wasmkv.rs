@@ -150,8 +150,20 @@ impl Wasmkv {
 
     /// Run `wasmkv bench` against `node`.
     pub fn bench(&self, node: &Node, load: &Load, commands: &mut Commands) -> Result<BenchResult> {
+        self.bench_at(&node.addr, "$URL", load, commands)
+    }
+
+    /// Run `wasmkv bench` against `addr` (a `redis://` address speaks RESP), shown in the
+    /// commands as `shown`.
+    pub fn bench_at(
+        &self,
+        addr: &str,
+        shown: &str,
+        load: &Load,
+        commands: &mut Commands,
+    ) -> Result<BenchResult> {
         let mut cmd = Cmd::new(&self.bin, "wasmkv");
-        cmd.args(["bench", "--addr"]).arg_as(&node.addr, "$URL");
+        cmd.args(["bench", "--addr"]).arg_as(addr, shown);
         load.args(&mut cmd);
         commands.add(&cmd);
         parse_result(&cmd.output()?)
