@@ -348,7 +348,7 @@ mod tests {
 
     #[test]
     fn parses_the_bench_json_line() {
-        let out = "preloading 100000 keys\n{\"workload\":\"get\",\"connections\":50,\"http2\":false,\
+        let out = "preloading 100000 keys\n{\"workload\":\"get\",\"connections\":50,\"protocol\":\"HTTP/1.1\",\
                    \"batch\":1,\"requests\":1000,\"ops\":1000,\"errors\":0,\"elapsed_s\":5.0,\
                    \"rps\":200.0,\"ops_per_s\":200.0,\"p50_us\":120,\"p99_us\":900,\
                    \"p999_us\":1500,\"max_us\":3000}\n";
