@@ -286,6 +286,7 @@ impl Link {
             }),
         })
     }
+
     /// Whether another request may be sent (the node did not announce it closes the
     /// connection).
     pub(super) fn reusable(&self) -> bool {
