@@ -8,12 +8,13 @@
 //! connection allows, like `wrk2`): request `k` of connection `i` (of `C`) is due
 //! `(k * C + i) / N` seconds after the load starts, so the requests of all connections
 //! together are spread evenly at N per second. A connection sleeps until its next request is
-//! due; one that is behind (its previous answer came late) sends at once. Latency is then
-//! counted from when the request was due whenever the connection was behind, so the time a
-//! request waited for a slow answer to the one before it is part of its latency (no
-//! coordinated omission), and from when it was sent otherwise (the client's timer, about 1 ms
-//! coarse, is not charged to the node). A node that cannot keep up shows it twice: the rate
-//! reached stays below N, and latencies grow with the backlog.
+//! due (`alarm`: within 0.1 ms, where tokio's timer would round to the millisecond and send a
+//! millisecond's requests together); one that is behind (its previous answer came late)
+//! sends at once. Latency is then counted from when the request was due whenever the
+//! connection was behind, so the time a request waited for a slow answer to the one before
+//! it is part of its latency (no coordinated omission), and from when it was sent otherwise
+//! (the alarm's wake-up is not charged to the node). A node that cannot keep up shows it
+//! twice: the rate reached stays below N, and latencies grow with the backlog.
 //! Requests are serialized once, by the real codec, with placeholder keys; a request then
 //! only rewrites its keys' digits (every key is `key:` and 12 digits, so the layout never
 //! changes). `link` holds the wire side, `report` the figures.
@@ -30,6 +31,7 @@
 //! is a GET, a `Write` of B keys B pipelined SETs, as `redis-benchmark -P B` sends them), so
 //! that Redis can be measured by the same client, with the same clock, as the node.
 
+mod alarm;
 mod link;
 mod report;
 
@@ -48,6 +50,7 @@ use http::Uri;
 use wasmkv::api::proto::{GetRequest, MultiGetRequest, Mutation, Op, SetRequest, WriteRequest};
 use wasmkv::api::{Code, Codec, ConnectError, WireMessage};
 
+use alarm::Alarm;
 use link::{Call, Caller, ConnectCall, Link, Protocol, Template, resp_command, resp_set};
 use report::{Recorder, Report, Totals, thousands};
 
@@ -190,7 +193,16 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Some(n) => n as usize,
         None => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    let shared = Arc::new(Shared::new(plan, args.connections as usize, progress));
+    let alarm = match plan.rate {
+        Some(_) => Some(Alarm::start().context("starting the pacing thread")?),
+        None => None,
+    };
+    let shared = Arc::new(Shared::new(
+        plan,
+        args.connections as usize,
+        progress,
+        alarm,
+    ));
     let ticker = progress.then(|| Ticker::start(Arc::clone(&shared)));
     let outcome = run_threads(&shared, threads);
     if let Some(ticker) = ticker {
@@ -527,6 +539,8 @@ struct Shared {
     /// Requests answered and failed so far (warmup included), for the progress line only: a
     /// shared counter costs every request a contended atomic, so without the line it is None.
     progress: Option<Counters>,
+    /// Wakes paced connections when their next request is due (`--rate` only).
+    alarm: Option<Alarm>,
 }
 
 #[derive(Default)]
@@ -536,7 +550,7 @@ struct Counters {
 }
 
 impl Shared {
-    fn new(plan: Plan, connections: usize, progress: bool) -> Shared {
+    fn new(plan: Plan, connections: usize, progress: bool, alarm: Option<Alarm>) -> Shared {
         Shared {
             plan,
             connections,
@@ -545,6 +559,7 @@ impl Shared {
             fatal: Mutex::new(None),
             timeline: OnceLock::new(),
             progress: progress.then(Counters::default),
+            alarm,
         }
     }
 
@@ -791,11 +806,12 @@ async fn measure(
             return Ok(());
         }
         // Behind schedule (or not paced): latency counts from when the request was due.
-        let started = if due > now {
-            tokio::time::sleep_until(due.into()).await;
-            Instant::now()
-        } else {
-            due
+        let started = match &shared.alarm {
+            Some(alarm) if due > now => {
+                alarm.sleep_until(due).await;
+                Instant::now()
+            }
+            _ => due,
         };
         let which = usize::from(plan.calls.len() > 1 && rng.f64() >= plan.first_share);
         let want_error = recorder.first_error.is_none();
@@ -1326,7 +1342,7 @@ mod tests {
 
     #[test]
     fn the_progress_line_names_the_phase() {
-        let shared = Shared::new(plan(&["--preload", "--keys=1000"]), 1, true);
+        let shared = Shared::new(plan(&["--preload", "--keys=1000"]), 1, true, None);
         shared.next_batch.store(3, Ordering::Relaxed);
         assert_eq!(
             progress_line(&shared, Instant::now()),
