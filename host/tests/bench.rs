@@ -199,6 +199,34 @@ async fn a_timed_run_measures_after_its_warmup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_run_sends_exactly_its_rate_over_its_duration() {
+    let (node, base, _dir) = common::start("").await;
+    // 300 requests/s for 1 s over 3 connections: request k of connection i is due at
+    // (3k + i) / 300 s, so exactly 300 are due within the measured second, each sent when
+    // the pacing alarm says so (far below what even a debug node answers).
+    let args = [
+        "--rate=300",
+        "--duration=1s",
+        "--warmup=100ms",
+        "--connections=3",
+        "--keys=100",
+        "--preload",
+        "--json",
+    ];
+    let output = bench(&base, &args).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json = report(&output);
+    assert_eq!(number(&json, "rate"), 300, "{json}");
+    assert_eq!(number(&json, "requests"), 300, "{json}");
+    assert_eq!(number(&json, "errors"), 0, "{json}");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_table_is_for_people() {
     let (node, base, _dir) = common::start("").await;
     let output = bench(&base, &["--requests=50", "--connections=2", "--warmup=0s"]).await;
