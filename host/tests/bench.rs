@@ -41,6 +41,17 @@ fn report(output: &Output) -> serde_json::Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
+/// Run the bench, which must succeed; its JSON report. `what` names the run in a failure.
+async fn bench_ok(base: &str, args: &[&str], what: &str) -> serde_json::Value {
+    let output = bench(base, args).await;
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    report(&output)
+}
+
 fn number(json: &serde_json::Value, key: &str) -> u64 {
     json[key]
         .as_u64()
@@ -65,13 +76,7 @@ async fn run_workload(workload: &str, extra: &[&str], batch: u64) -> serde_json:
         &keys,
     ];
     args.extend_from_slice(extra);
-    let output = bench(&base, &args).await;
-    assert!(
-        output.status.success(),
-        "{workload} {extra:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json = report(&output);
+    let json = bench_ok(&base, &args, &format!("{workload} {extra:?}")).await;
     let protocol = if extra.contains(&"--http2") {
         "HTTP/2"
     } else {
@@ -183,13 +188,7 @@ async fn a_timed_run_measures_after_its_warmup() {
         "--preload",
         "--json",
     ];
-    let output = bench(&base, &args).await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json = report(&output);
+    let json = bench_ok(&base, &args, "timed run").await;
     assert!(number(&json, "requests") >= 1, "{json}");
     assert_eq!(number(&json, "errors"), 0, "{json}");
     let elapsed = json["elapsed_s"].as_f64().unwrap();
@@ -213,13 +212,7 @@ async fn a_paced_run_sends_exactly_its_rate_over_its_duration() {
         "--preload",
         "--json",
     ];
-    let output = bench(&base, &args).await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json = report(&output);
+    let json = bench_ok(&base, &args, "paced run").await;
     assert_eq!(number(&json, "rate"), 300, "{json}");
     assert_eq!(number(&json, "requests"), 300, "{json}");
     assert_eq!(number(&json, "errors"), 0, "{json}");
@@ -406,13 +399,7 @@ async fn over_resp_every_workload_reaches_a_redis_server() {
         if workload == "get" {
             args.push("--preload");
         }
-        let output = bench(&addr, &args).await;
-        assert!(
-            output.status.success(),
-            "{workload}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let json = report(&output);
+        let json = bench_ok(&addr, &args, workload).await;
         assert_eq!(json["protocol"], "RESP", "{json}");
         assert_eq!(number(&json, "requests"), 200, "{json}");
         assert_eq!(number(&json, "ops"), 200 * batch, "{json}");
