@@ -44,18 +44,28 @@ impl Codec {
         }
     }
 
-    fn from_name(name: &str) -> Option<Codec> {
-        Codec::ALL.into_iter().find(|c| c.name() == name)
-    }
-
     /// The codec of a unary request's `Content-Type` (`application/cbor`, parameters ignored).
     pub fn from_unary_content_type(content_type: &str) -> Option<Codec> {
-        Codec::from_name(media_type(content_type).strip_prefix("application/")?)
+        Codec::from_media_type(content_type, "application/")
     }
 
     /// The codec of a streaming request's `Content-Type` (`application/connect+cbor`).
     pub fn from_stream_content_type(content_type: &str) -> Option<Codec> {
-        Codec::from_name(media_type(content_type).strip_prefix("application/connect+")?)
+        Codec::from_media_type(content_type, "application/connect+")
+    }
+
+    /// The codec named after `prefix` in the media type of a Content-Type header, compared
+    /// without regard to case (media types are case-insensitive) and without parameters.
+    /// Compared in place: this runs on every request.
+    fn from_media_type(content_type: &str, prefix: &str) -> Option<Codec> {
+        let media_type = content_type.split(';').next().unwrap_or_default().trim();
+        let (head, name) = media_type.split_at_checked(prefix.len())?;
+        if !head.eq_ignore_ascii_case(prefix) {
+            return None;
+        }
+        Codec::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(name))
     }
 
     pub fn unary_content_type(self) -> &'static str {
@@ -104,22 +114,18 @@ impl Codec {
         match self {
             Codec::Proto => message.encode_to_vec(),
             Codec::Cbor => {
-                minicbor_serde::to_vec(message).expect("writing CBOR to a Vec cannot fail")
+                // Sized once from the protobuf length, which CBOR exceeds by its field names:
+                // growing from empty took a malloc and two or three reallocs per response.
+                let mut out = Vec::with_capacity(message.encoded_len() * 3 / 2 + 64);
+                message
+                    .serialize(&mut minicbor_serde::Serializer::new(&mut out))
+                    .expect("writing CBOR to a Vec cannot fail");
+                out
             }
             Codec::Json => serde_json::to_vec(&message.transcode_to_dynamic())
                 .expect("a dynamic message always serializes to JSON"),
         }
     }
-}
-
-/// The media type of a Content-Type header, lower-cased, without parameters.
-fn media_type(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
 }
 
 #[cfg(test)]

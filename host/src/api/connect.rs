@@ -7,18 +7,58 @@
 //! (flag 0x02) carrying `{}` or `{"error":{...}}`.
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::mpsc;
 
 use super::codec::{Codec, WireMessage};
 use super::error::{Code, ConnectError};
 
-pub type ResponseBody = BoxBody<Bytes, Infallible>;
+/// The body of every response: one whole message, or the envelopes of a stream as they are
+/// sent on the channel. An enum, not a boxed body: the box was one more allocation on every
+/// request.
+pub enum ResponseBody {
+    Full(Full<Bytes>),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            ResponseBody::Full(full) => Pin::new(full).poll_frame(cx),
+            ResponseBody::Stream(rx) => rx
+                .poll_recv(cx)
+                .map(|item| item.map(|bytes| Ok(Frame::data(bytes)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(full) => full.is_end_stream(),
+            ResponseBody::Stream(_) => false,
+        }
+    }
+
+    // A whole message's exact size is what lets hyper send a Content-Length.
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(full) => full.size_hint(),
+            ResponseBody::Stream(_) => SizeHint::default(),
+        }
+    }
+}
 
 /// Flag of the envelope that ends a stream.
 pub const END_STREAM_FLAG: u8 = 0x02;
@@ -26,7 +66,7 @@ pub const END_STREAM_FLAG: u8 = 0x02;
 const COMPRESSED_FLAG: u8 = 0x01;
 
 pub fn full(body: impl Into<Bytes>) -> ResponseBody {
-    Full::new(body.into()).boxed()
+    ResponseBody::Full(Full::new(body.into()))
 }
 
 /// The error response of a unary call.
@@ -52,7 +92,10 @@ pub const PRIMARY_HEADER: &str = "wasmkv-primary";
 pub fn message_response<T: WireMessage>(codec: Codec, message: &T) -> Response<ResponseBody> {
     Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, codec.unary_content_type())
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(codec.unary_content_type()),
+        )
         .body(full(codec.encode(message)))
         .expect("static headers are valid")
 }
@@ -188,7 +231,25 @@ pub fn stream_response_headers(codec: Codec) -> [(header::HeaderName, HeaderValu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::proto::GetRequest;
+    use crate::api::proto::{GetRequest, GetResponse};
+
+    /// hyper sends a Content-Length only for a body that states its exact size.
+    #[tokio::test]
+    async fn whole_messages_state_their_length_and_streams_end_when_the_sender_does() {
+        let response = message_response(Codec::Json, &GetResponse::default());
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = response.into_body();
+        assert_eq!(body.size_hint().exact(), Some(2));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "{}");
+
+        let (tx, rx) = mpsc::channel(2);
+        let stream = ResponseBody::Stream(rx);
+        assert_eq!(stream.size_hint().exact(), None);
+        assert!(!stream.is_end_stream());
+        tx.send(Bytes::from_static(b"one")).await.unwrap();
+        drop(tx);
+        assert_eq!(stream.collect().await.unwrap().to_bytes(), "one");
+    }
 
     #[test]
     fn timeouts_are_validated() {

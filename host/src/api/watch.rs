@@ -6,16 +6,11 @@
 //! heartbeat carries only that LSN. The stream ends with an error when the log no longer holds
 //! `from_lsn` or the node shuts down.
 
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame};
 use tokio::sync::mpsc;
 
 use super::codec::Codec;
@@ -67,7 +62,7 @@ pub(super) fn stream_response(codec: Codec, rx: mpsc::Receiver<Bytes>) -> Respon
         response = response.header(name, value);
     }
     response
-        .body(ChannelBody(rx).boxed())
+        .body(ResponseBody::Stream(rx))
         .expect("valid headers")
 }
 
@@ -172,22 +167,6 @@ fn read_step(
 }
 
 /// A response body fed by a channel: each item is one envelope.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|item| item.map(|bytes| Ok(Frame::data(bytes))))
-    }
-}
-
 fn shutting_down(cursor: u64) -> ConnectError {
     ConnectError::unavailable(format!(
         "the node is shutting down; resume the watch with from_lsn {cursor}"

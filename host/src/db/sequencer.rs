@@ -178,8 +178,9 @@ impl Sequencer {
                     (key, KeyState::Absent)
                 }
             };
-            // A copy, not a clone: a clone of the command's key would leave a shared header on
-            // the key the engine ends up storing (see `storage::detach`).
+            // A copy, not a clone: the first clone of a key decoded into its own buffer
+            // allocates a shared header anyway, and a clone of a key that shares a larger buffer
+            // would keep all of that buffer alive while the write is pending.
             plan.states.push((Bytes::copy_from_slice(key), after));
         });
         let (entries, memory) = self.projected(engine);
