@@ -12,6 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use super::apply;
 use crate::storage::{Engine, EvictionError, Evictor, entry_cost};
@@ -55,7 +56,8 @@ pub struct Plan {
     pub entries_delta: i64,
     pub memory_delta: i64,
     /// Final state of each touched key; the version is filled in with the LSN on `record`.
-    states: Vec<(Bytes, KeyState)>,
+    /// Inline for one key, the common single set or delete, which then allocates nothing here.
+    states: SmallVec<[(Bytes, KeyState); 1]>,
 }
 
 struct PendingRecord {
