@@ -1,11 +1,13 @@
 //! Generates the Rust types of `api/kvstore.proto` (with `protox`, so no `protoc` is needed).
 //! Every message also derives serde (the CBOR mapping: field names as keys, bytes as byte
-//! strings, integers and enums as integers) and prost-reflect's `ReflectMessage` (the proto3
-//! JSON mapping, driven by the descriptor).
+//! strings, integers and enums as integers; byte fields decode through
+//! `api::shared_bytes`) and prost-reflect's `ReflectMessage` (the proto3 JSON mapping, driven
+//! by the descriptor).
 
 use std::path::PathBuf;
 
 use prost::Message;
+use prost_types::field_descriptor_proto::{Label, Type};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read at run time, not baked in with env!: a build script compiled for one checkout is
@@ -41,6 +43,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ),
             );
             for field in &message.field {
+                // Byte fields may share the request body they are decoded from.
+                let shared = match (field.r#type(), field.label()) {
+                    (Type::Bytes, Label::Repeated) => Some("deserialize_list"),
+                    (Type::Bytes, _) => Some("deserialize"),
+                    _ => None,
+                };
+                if let Some(function) = shared {
+                    config.field_attribute(
+                        format!("{name}.{}", field.name()),
+                        format!(
+                            "#[serde(deserialize_with = \"crate::api::shared_bytes::{function}\")]"
+                        ),
+                    );
+                }
                 if field.proto3_optional() {
                     config.field_attribute(
                         format!("{name}.{}", field.name()),

@@ -8,12 +8,14 @@
 //! minicbor-serde, chosen by measurement as for the guest SDK: ciborium's decoding was ~10% of
 //! the node's CPU under batched writes of 16 keys.
 
+use bytes::Bytes;
 use prost::Message;
 use prost_reflect::{DynamicMessage, ReflectMessage};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::ConnectError;
+use super::shared_bytes;
 
 /// What every wire message supports.
 pub trait WireMessage:
@@ -84,14 +86,30 @@ impl Codec {
         }
     }
 
+    /// Decodes a request body whose byte fields may keep slices of it instead of copies (for
+    /// protobuf and CBOR; see `shared_bytes`). For bodies that are dropped soon after, as a
+    /// request's are.
+    pub fn decode_shared<T: WireMessage>(self, body: &Bytes) -> Result<T, ConnectError> {
+        match self {
+            // prost takes byte fields out of a `Bytes` buffer as slices of it.
+            Codec::Proto if !body.is_empty() => {
+                T::decode(body.clone()).map_err(|e| self.malformed::<T>(&e))
+            }
+            Codec::Cbor => shared_bytes::sharing(body, || self.decode(body)),
+            _ => self.decode(body),
+        }
+    }
+
+    fn malformed<T: WireMessage>(self, e: &dyn std::fmt::Display) -> ConnectError {
+        ConnectError::invalid_argument(format!(
+            "malformed {} body for {}: {e}",
+            self.name(),
+            T::default().descriptor().full_name()
+        ))
+    }
+
     pub fn decode<T: WireMessage>(self, body: &[u8]) -> Result<T, ConnectError> {
-        let malformed = |e: &dyn std::fmt::Display| {
-            ConnectError::invalid_argument(format!(
-                "malformed {} body for {}: {e}",
-                self.name(),
-                T::default().descriptor().full_name()
-            ))
-        };
+        let malformed = |e: &dyn std::fmt::Display| self.malformed::<T>(e);
         // An empty body is the empty message in every codec, as it is in protobuf, so a
         // request with only default fields may omit its body whatever the codec.
         if body.is_empty() {

@@ -13,6 +13,7 @@ pub mod proto;
 mod replication;
 mod rest;
 pub mod server;
+mod shared_bytes;
 mod state;
 mod watch;
 

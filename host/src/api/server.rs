@@ -491,10 +491,10 @@ async fn unary<
     F: Future<Output = Result<Resp, ConnectError>>,
 >(
     codec: super::Codec,
-    body: &[u8],
+    body: &bytes::Bytes,
     handler: impl FnOnce(Req) -> F,
 ) -> Result<Response<ResponseBody>, ConnectError> {
-    let request = codec.decode::<Req>(body)?;
+    let request = codec.decode_shared::<Req>(body)?;
     let response = handler(request).await?;
     Ok(connect::message_response(codec, &response))
 }

@@ -157,6 +157,7 @@ impl Sequencer {
     /// eviction counts on what they free.
     pub fn plan(&self, engine: &Engine, command: &Command, now_ms: u64) -> Plan {
         let mut plan = Plan::default();
+        plan.states.reserve_exact(command.mutation_count());
         let mut deletes = false;
         command.for_each_mutation(|mutation| {
             let (key, after) = match mutation {
@@ -180,10 +181,9 @@ impl Sequencer {
                     (key, KeyState::Absent)
                 }
             };
-            // A copy, not a clone: the first clone of a key decoded into its own buffer
-            // allocates a shared header anyway, and a clone of a key that shares a larger buffer
-            // would keep all of that buffer alive while the write is pending.
-            plan.states.push((Bytes::copy_from_slice(key), after));
+            // A clone: keys decoded from a request share its body (`api::shared_bytes`), so
+            // this is a reference count, and the body is let go once the write is applied.
+            plan.states.push((key.clone(), after));
         });
         let (entries, memory) = self.projected(engine);
         if !deletes

@@ -87,6 +87,15 @@ impl Command {
         size
     }
 
+    /// How many changes the record makes (the calls [`Command::for_each_mutation`] makes).
+    pub fn mutation_count(&self) -> usize {
+        match self {
+            Command::Set { .. } | Command::Delete { .. } => 1,
+            Command::Batch(mutations) => mutations.len(),
+            Command::Expire(keys) | Command::Evict(keys) => keys.len(),
+        }
+    }
+
     /// Call `f` with each change the record makes, in order, without copying keys or
     /// values: the one walk shared by apply, accounting and log readers.
     pub fn for_each_mutation<'a>(&'a self, mut f: impl FnMut(MutationRef<'a>)) {
@@ -448,6 +457,15 @@ mod tests {
             assert_eq!(record.lsn, i as u64 + 1);
             assert_eq!(record.timestamp_ms, 1000 + i as u64);
             assert_eq!(record.command, command);
+        }
+    }
+
+    #[test]
+    fn mutation_count_is_what_the_walk_visits() {
+        for command in samples() {
+            let mut visited = 0;
+            command.for_each_mutation(|_| visited += 1);
+            assert_eq!(command.mutation_count(), visited, "{command:?}");
         }
     }
 
