@@ -5,6 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmkv::db::{Db, DbOptions, SetOptions};
@@ -283,7 +284,13 @@ fn repair_refuses_while_a_node_holds_the_directory() {
     // A node that opened the directory before the damage, still running: it holds the lock
     // the way `Db` does (a `Db` cannot open the damaged log itself).
     let lock = fs::File::open(dir.path().join("LOCK")).unwrap();
-    lock.try_lock().unwrap();
+    // The lock `data_dir`'s store let go of can look held for a moment longer: a child that
+    // another test is spawning shares the open file until it execs (see `DirLock::acquire`).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = lock.try_lock() {
+        assert!(Instant::now() < deadline, "the lock stayed held: {e}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 
     let out = wasmkv(&["repair"], dir.path());
     assert_eq!(out.status.code(), Some(2));
