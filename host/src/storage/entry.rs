@@ -158,8 +158,39 @@ impl Entry {
     /// make it look popular.
     pub(super) fn inherit(&mut self, old: &Entry) {
         let tick = *self.access.get_mut();
-        let last = old.access_tick();
-        *self.hits.get_mut() = decay(old.hits.load(Relaxed), last, tick);
+        self.set_history_after(old.hits.load(Relaxed), old.access_tick(), tick);
+    }
+
+    /// Writes `value` over this entry's value when it has the same length, as an overwrite at
+    /// `tick` (the access history as [`Entry::inherit`] keeps it); false, changing nothing,
+    /// when the lengths differ. Saves the allocation of a new entry and the free of this one,
+    /// and writes to bytes that looking the key up has just brought into the cache.
+    pub(super) fn overwrite_in_place(
+        &mut self,
+        value: &[u8],
+        expires_at_ms: u64,
+        version: u64,
+        tick: u32,
+    ) -> bool {
+        let key_len = self.key().len();
+        let Some(stored) = self.data.get_mut(KEY_LEN_BYTES + key_len..) else {
+            return false;
+        };
+        if stored.len() != value.len() {
+            return false;
+        }
+        stored.copy_from_slice(value);
+        self.expires_at_ms = expires_at_ms;
+        self.version = version;
+        let (hits, last) = (*self.hits.get_mut(), *self.access.get_mut());
+        self.set_history_after(hits, last, tick);
+        true
+    }
+
+    /// The access history of an entry overwritten at `tick` that had `hits` and was last
+    /// accessed at `last`.
+    fn set_history_after(&mut self, hits: u8, last: u32, tick: u32) {
+        *self.hits.get_mut() = decay(hits, last, tick);
         *self.access.get_mut() = tick.max(last);
     }
 
@@ -321,6 +352,29 @@ mod tests {
         assert_eq!(e.access_tick(), 2 * LFU_DECAY_TICKS);
         assert_eq!(e.hits(2 * LFU_DECAY_TICKS), LFU_INIT - 1);
         assert_eq!((e.value(), e.expires_at_ms, e.version), (&b"b"[..], 7, 2));
+    }
+
+    #[test]
+    fn an_overwrite_in_place_is_an_overwrite_without_a_new_entry() {
+        let mut e = Entry::new(b"key", b"abc", 0, 1, 0);
+        e.touch(0);
+        let data = e.data.as_ptr();
+        assert!(e.overwrite_in_place(b"xyz", 7, 2, 2 * LFU_DECAY_TICKS));
+        assert_eq!(e.data.as_ptr(), data, "the value was written where it was");
+        assert_eq!((e.key(), e.value()), (&b"key"[..], &b"xyz"[..]));
+        assert_eq!((e.expires_at_ms, e.version), (7, 2));
+        // The same history as `inherit` gives a new entry (the test above).
+        assert_eq!(e.access_tick(), 2 * LFU_DECAY_TICKS);
+        assert_eq!(e.hits(2 * LFU_DECAY_TICKS), LFU_INIT - 1);
+        assert_eq!(e.cost(), entry_cost(3, 3));
+
+        for other_length in [&b"ab"[..], b"abcd", b""] {
+            assert!(!e.overwrite_in_place(other_length, 9, 3, 0));
+            assert_eq!((e.value(), e.expires_at_ms, e.version), (&b"xyz"[..], 7, 2));
+        }
+        let mut empty_value = Entry::new(b"k", b"", 0, 1, 0);
+        assert!(empty_value.overwrite_in_place(b"", 0, 5, 0));
+        assert_eq!((empty_value.key(), empty_value.version), (&b"k"[..], 5));
     }
 
     #[test]

@@ -78,36 +78,31 @@ impl ShardData {
         version: u64,
         tick: u32,
     ) -> Replaced {
-        let entry = Entry::new(key, value, expires_at_ms, version, tick);
-        let cost = entry.cost();
         let has_ttl = expires_at_ms != 0;
-        // One hash lookup: the new entry takes the old one's slot.
-        let (index, old) = self.map.replace_full(entry);
-        let replaced = match old {
-            Some(old) => {
-                if let Some(new) = self.map.get_index_mut2(index) {
-                    new.inherit(&old);
-                }
-                let had_ttl = old.expires_at_ms != 0;
-                if had_ttl && !has_ttl {
-                    self.ttl.swap_remove(key);
-                } else if has_ttl && !had_ttl {
-                    self.ttl.insert(key.into());
-                }
-                Replaced::Entry { cost: old.cost() }
+        let Some((_, stored)) = self.map.get_full_mut2(key) else {
+            let entry = Entry::new(key, value, expires_at_ms, version, tick);
+            self.memory += entry.cost();
+            self.map.insert(entry);
+            if has_ttl {
+                self.ttl.insert(key.into());
             }
-            None => {
-                if has_ttl {
-                    self.ttl.insert(key.into());
-                }
-                Replaced::Nothing
-            }
+            return Replaced::Nothing;
         };
-        if let Replaced::Entry { cost: old } = replaced {
-            self.memory -= old;
+        let had_ttl = stored.expires_at_ms != 0;
+        let old_cost = stored.cost();
+        if !stored.overwrite_in_place(value, expires_at_ms, version, tick) {
+            let old =
+                std::mem::replace(stored, Entry::new(key, value, expires_at_ms, version, tick));
+            stored.inherit(&old);
         }
-        self.memory += cost;
-        replaced
+        let cost = stored.cost();
+        if had_ttl && !has_ttl {
+            self.ttl.swap_remove(key);
+        } else if has_ttl && !had_ttl {
+            self.ttl.insert(key.into());
+        }
+        self.memory = self.memory - old_cost + cost;
+        Replaced::Entry { cost: old_cost }
     }
 
     /// Removes `key` whatever its expiry; returns the cost it had.
@@ -215,6 +210,26 @@ mod tests {
             .collect();
         assert_eq!(values, [(b("key"), b("22"), 3), (b("other"), b("x"), 2)]);
         check(&data);
+        // A value of the same length, first with an expiry, then without.
+        let cost = entry_cost(3, 2);
+        assert_eq!(
+            data.set(b("key"), b("33"), 50, 4, 0),
+            Replaced::Entry { cost }
+        );
+        check(&data);
+        assert_eq!(data.ttl.len(), 1);
+        let entry = data.get(b("key")).unwrap();
+        assert_eq!(
+            (entry.value(), entry.expires_at_ms, entry.version),
+            (b("33"), 50, 4)
+        );
+        assert_eq!(
+            data.set(b("key"), b("44"), 0, 5, 0),
+            Replaced::Entry { cost }
+        );
+        check(&data);
+        assert!(data.ttl.is_empty());
+        assert_eq!(data.len(), 2);
     }
 
     #[test]
