@@ -78,7 +78,11 @@ pub async fn multi_get(
     }
     let db = state.db()?;
     Ok(MultiGetResponse {
-        results: req.keys.iter().map(|k| item_response(db.get(k))).collect(),
+        results: db
+            .get_many(&req.keys)
+            .into_iter()
+            .map(item_response)
+            .collect(),
     })
 }
 

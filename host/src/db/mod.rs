@@ -279,6 +279,11 @@ impl Db {
         self.inner.engine.get(key, now_ms())
     }
 
+    /// [`Db::get`] of several keys, in order; the values share one buffer.
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Option<Item>> {
+        self.inner.engine.get_many(keys, now_ms())
+    }
+
     /// Set `key`; returns the write's LSN (the key's new version) once it is committed.
     pub fn set(&self, key: Bytes, value: Bytes, opts: SetOptions) -> Result<u64, DbError> {
         self.submit_set(key, value, opts)?.wait()

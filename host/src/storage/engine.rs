@@ -5,10 +5,10 @@ use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use foldhash::fast::RandomState;
 
-use super::entry::{AccessClock, entry_cost};
+use super::entry::{AccessClock, Entry, entry_cost};
 use super::shard::{Replaced, Shard, ShardData};
 
 /// Upper bound on the shard count: beyond it shards only cost memory and iteration time.
@@ -97,14 +97,60 @@ impl Engine {
 
     /// [`Engine::get`] with the access tick given, so tests can age entries deterministically.
     pub(super) fn get_at(&self, key: &[u8], now_ms: u64, tick: u32) -> Option<Item> {
-        let data = self.shard_of(key).0.read();
-        let entry = data.get(key).filter(|e| !e.is_expired(now_ms))?;
-        entry.touch(tick);
-        Some(Item {
+        self.read_live(key, now_ms, tick, |entry| Item {
             value: Bytes::copy_from_slice(entry.value()),
             version: entry.version,
             expires_at_ms: entry.expires_at_ms,
         })
+    }
+
+    /// [`Engine::get`] of several keys. The values found are copied into one buffer that the
+    /// returned items share: one allocation for them all where a `MultiGet` of 16 made 16.
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K], now_ms: u64) -> Vec<Option<Item>> {
+        let tick = self.clock.now_tick();
+        let mut values = BytesMut::new();
+        let found: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                self.read_live(key.as_ref(), now_ms, tick, |entry| {
+                    if values.capacity() == 0 {
+                        // Sized on the first value for every key left: the values of one
+                        // batch are usually alike, and then the buffer never grows.
+                        values.reserve(entry.value().len() * (keys.len() - i));
+                    }
+                    let start = values.len();
+                    values.extend_from_slice(entry.value());
+                    (start..values.len(), entry.version, entry.expires_at_ms)
+                })
+            })
+            .collect();
+        let values = values.freeze();
+        found
+            .into_iter()
+            .map(|found| {
+                found.map(|(range, version, expires_at_ms)| Item {
+                    value: values.slice(range),
+                    version,
+                    expires_at_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// `read(entry)` for the live entry of `key`, under its shard's read lock, recording the
+    /// access at `tick`.
+    fn read_live<R>(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+        tick: u32,
+        read: impl FnOnce(&Entry) -> R,
+    ) -> Option<R> {
+        let data = self.shard_of(key).0.read();
+        let entry = data.get(key).filter(|e| !e.is_expired(now_ms))?;
+        entry.touch(tick);
+        Some(read(entry))
     }
 
     /// Metadata of the live entry, without recording an access (a compare-and-set or a
@@ -329,6 +375,36 @@ mod tests {
         // The API layer validates keys; this layer just stores whatever it is given.
         assert!(e.set(&Bytes::new(), &Bytes::new(), 0, 3));
         assert_eq!(e.get(b"", 0), Some(item("", 3, 0)));
+    }
+
+    #[test]
+    fn get_many_answers_each_key_in_order_from_one_buffer() {
+        let e = engine(4);
+        e.set(&b("a"), &b("1"), 0, 1);
+        e.set(&b("b"), &b("22"), 0, 2);
+        e.set(&b("old"), &b("x"), 100, 3);
+        e.set(&b("empty"), &b(""), 0, 4);
+        let keys = ["b", "missing", "a", "old", "empty", "b"];
+        let got = e.get_many(&keys, 200);
+        assert_eq!(
+            got,
+            [
+                Some(item("22", 2, 0)),
+                None,
+                Some(item("1", 1, 0)),
+                None, // expired at 100
+                Some(item("", 4, 0)),
+                Some(item("22", 2, 0)),
+            ]
+        );
+        let (first, second) = (&got[0].as_ref().unwrap().value, &got[2].as_ref().unwrap());
+        assert_eq!(
+            first.as_ptr().wrapping_add(first.len()),
+            second.value.as_ptr(),
+            "the values lie side by side in one buffer"
+        );
+        assert_eq!(got, keys.map(|k| e.get(k.as_bytes(), 200)));
+        assert!(e.get_many::<&[u8]>(&[], 0).is_empty());
     }
 
     #[test]
