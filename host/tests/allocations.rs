@@ -16,6 +16,26 @@ fn key(i: usize) -> Bytes {
     Bytes::from(format!("key:{i:012}"))
 }
 
+/// An open store without fsync, in a directory that lives as long as the returned guard.
+fn store() -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = DbOptions::new(dir.path(), SyncPolicy::Never);
+    opts.disk_reserve = 0;
+    let db = Db::open(opts).unwrap();
+    (dir, db)
+}
+
+/// Sets of `key(0)` to `key(n - 1)` to 64 bytes of `fill`.
+fn sets(n: usize, fill: u8) -> Vec<Mutation> {
+    (0..n)
+        .map(|i| Mutation::Set {
+            key: key(i),
+            value: Bytes::from(vec![fill; 64]),
+            expires_at_ms: 0,
+        })
+        .collect()
+}
+
 /// The allocations of `run(n)` for 16 and for 64 keys, after one warm-up run of each.
 fn for_16_and_64_keys(mut run: impl FnMut(usize)) -> (u64, u64) {
     run(16);
@@ -52,22 +72,10 @@ fn decoding_a_write_shares_the_body_instead_of_copying_each_key_and_value() {
 
 #[test]
 fn a_write_of_same_size_overwrites_allocates_nothing_per_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = DbOptions::new(dir.path(), SyncPolicy::Never);
-    opts.disk_reserve = 0;
-    let db = Db::open(opts).unwrap();
-    let mutations = |n: usize, value: u8| -> Vec<Mutation> {
-        (0..n)
-            .map(|i| Mutation::Set {
-                key: key(i),
-                value: Bytes::from(vec![value; 64]),
-                expires_at_ms: 0,
-            })
-            .collect()
-    };
+    let (_dir, db) = store();
     // Every key exists before anything is counted: the writes below overwrite.
-    db.write(mutations(64, b'a')).unwrap();
-    let batches = [mutations(16, b'b'), mutations(64, b'c')];
+    db.write(sets(64, b'a')).unwrap();
+    let batches = [sets(16, b'b'), sets(64, b'c')];
     let (sixteen, sixty_four) = for_16_and_64_keys(|n| {
         db.write(batches[usize::from(n == 64)].clone()).unwrap();
     });
@@ -77,18 +85,8 @@ fn a_write_of_same_size_overwrites_allocates_nothing_per_key() {
 
 #[test]
 fn a_multi_get_copies_its_values_into_one_buffer() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = DbOptions::new(dir.path(), SyncPolicy::Never);
-    opts.disk_reserve = 0;
-    let db = Db::open(opts).unwrap();
-    let sets = (0..64)
-        .map(|i| Mutation::Set {
-            key: key(i),
-            value: Bytes::from(vec![b'v'; 64]),
-            expires_at_ms: 0,
-        })
-        .collect();
-    db.write(sets).unwrap();
+    let (_dir, db) = store();
+    db.write(sets(64, b'v')).unwrap();
     let keys: Vec<Bytes> = (0..64).map(key).collect();
     let (sixteen, sixty_four) = for_16_and_64_keys(|n| {
         let found = db.get_many(&keys[..n]);
