@@ -80,6 +80,8 @@ impl ShardData {
     ) -> Replaced {
         let has_ttl = expires_at_ms != 0;
         let Some((_, stored)) = self.map.get_full_mut2(key) else {
+            // A new key costs a second probe, into control bytes the miss just brought into
+            // the cache; an overwrite, the common case under load, needs no new entry.
             let entry = Entry::new(key, value, expires_at_ms, version, tick);
             self.memory += entry.cost();
             self.map.insert(entry);
