@@ -115,9 +115,7 @@ impl Engine {
             .map(|(i, key)| {
                 self.read_live(key.as_ref(), now_ms, tick, |entry| {
                     if values.capacity() == 0 {
-                        // Sized on the first value for every key left: the values of one
-                        // batch are usually alike, and then the buffer never grows.
-                        values.reserve(entry.value().len() * (keys.len() - i));
+                        values.reserve(first_reserve(entry.value().len(), keys.len() - i));
                     }
                     let start = values.len();
                     values.extend_from_slice(entry.value());
@@ -299,6 +297,19 @@ impl fmt::Debug for Engine {
     }
 }
 
+/// Most bytes [`Engine::get_many`] reserves before it knows the sizes of the other values.
+const MAX_FIRST_RESERVE: usize = 64 << 10;
+
+/// What [`Engine::get_many`] reserves on finding its first value, of `len` bytes, with
+/// `keys_left` keys to read including that one: room for that many values like it, since
+/// the values of one batch are usually alike and the buffer then never grows. Bounded, so
+/// that one large value among keys that turn out missing or small cannot reserve
+/// `keys_left` times its size; past the bound the buffer grows as it fills.
+fn first_reserve(len: usize, keys_left: usize) -> usize {
+    len.saturating_mul(keys_left)
+        .min(MAX_FIRST_RESERVE.max(len))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -375,6 +386,16 @@ mod tests {
         // The API layer validates keys; this layer just stores whatever it is given.
         assert!(e.set(&Bytes::new(), &Bytes::new(), 0, 3));
         assert_eq!(e.get(b"", 0), Some(item("", 3, 0)));
+    }
+
+    #[test]
+    fn get_many_reserves_for_values_like_the_first_within_a_bound() {
+        assert_eq!(first_reserve(64, 16), 64 * 16);
+        assert_eq!(first_reserve(0, 16), 0);
+        // One large value among a thousand keys reserves its own size, not a thousand times it.
+        assert_eq!(first_reserve(1 << 20, 1_000), 1 << 20);
+        assert_eq!(first_reserve(1_000, 1_000), MAX_FIRST_RESERVE);
+        assert_eq!(first_reserve(usize::MAX, 2), usize::MAX);
     }
 
     #[test]
