@@ -318,6 +318,38 @@ fn group_commit_makes_every_concurrent_write_durable() {
     assert_eq!(replay(dir.path()).unwrap().len(), 200);
 }
 
+/// Two async writers ready together on one event loop (one connection thread) share one
+/// fdatasync. The lone-writer shortcut used to let the first lead an fsync of its record
+/// alone before the second had appended; every fsync then carried one record, so each writer
+/// in turn looked alone again and the thread settled at one fsync per write.
+#[tokio::test(flavor = "current_thread")]
+async fn async_writers_ready_together_on_one_event_loop_share_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal =
+        Arc::new(Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap());
+    let before = wal.stats().fsyncs;
+    let writers: Vec<_> = (0..2)
+        .map(|i| {
+            let wal = Arc::clone(&wal);
+            tokio::spawn(async move {
+                let lsn = wal.append(0, &set(i)).unwrap();
+                wal.commit_async(lsn).await.unwrap();
+                assert!(wal.stats().durable_lsn >= lsn);
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(wal.stats().fsyncs - before, 1, "{:?}", wal.stats());
+
+    // A writer that is alone still does its own write and fdatasync.
+    let lsn = wal.append(0, &set(3)).unwrap();
+    wal.commit_async(lsn).await.unwrap();
+    assert_eq!(wal.stats().fsyncs - before, 2);
+    assert_eq!(wal.stats().durable_lsn, lsn);
+}
+
 #[test]
 fn interval_sync_catches_up_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
