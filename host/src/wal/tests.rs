@@ -370,6 +370,40 @@ fn interval_sync_catches_up_in_the_background() {
     }
 }
 
+/// Without an fsync policy the log still writes back in the background once
+/// `WRITEBACK_BYTES` pile up, so sealing a segment never has a whole segment to fdatasync
+/// with writers waiting; below that it leaves the flushing to the OS.
+#[test]
+fn never_writes_back_in_the_background_once_enough_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 64 << 20), 0, |_| {}).unwrap();
+    let big = |i: u64| Command::Set {
+        key: Bytes::from(format!("key-{i}")),
+        value: Bytes::from(vec![b'v'; 64 << 10]),
+        expires_at_ms: 0,
+    };
+    let lsn = wal.append(0, &big(0)).unwrap();
+    wal.commit(lsn).unwrap();
+    let before = wal.stats();
+    assert_eq!((before.fsyncs, before.durable_lsn), (0, 0), "{before:?}");
+
+    for i in 1..=(super::log::WRITEBACK_BYTES / (64 << 10)) {
+        let lsn = wal.append(0, &big(i)).unwrap();
+        wal.commit(lsn).unwrap();
+    }
+    // The syncer covers what was written when it started; records written while it runs
+    // count towards the next writeback.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wal.stats().durable_lsn < lsn {
+        assert!(
+            Instant::now() < deadline,
+            "no background writeback: {:?}",
+            wal.stats()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_failed_write_is_sticky_and_leaves_no_partial_record() {
     let dir = tempfile::tempdir().unwrap();
