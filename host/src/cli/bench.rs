@@ -59,9 +59,11 @@ const KEY_DIGITS: usize = 12;
 const KEY_PREFIX: &str = "key:";
 /// The size of the largest key space whose keys all have 12 digits.
 const MAX_KEYS: u64 = 1_000_000_000_000;
-/// Keys per `Write` while preloading: preloading 100k keys takes well under a second, and a
-/// request stays far below any request size limit.
+/// Most keys per `Write` while preloading: preloading 100k keys takes well under a second.
 const PRELOAD_BATCH: u64 = 100;
+/// Most value bytes per preload `Write`, so that large values keep a request far below the
+/// node's size limit (`limits.max_request_bytes`, 8 MiB by default).
+const PRELOAD_BYTES: u64 = 1 << 20;
 /// How long after the end of a timed run a request may still take before it is given up as
 /// failed: a node that stops answering must not hang the benchmark.
 const STRAGGLER_GRACE: Duration = Duration::from_secs(10);
@@ -408,14 +410,23 @@ impl Plan {
         })
     }
 
-    /// The keys of preload batch `index` (`index * 100 ..`), or None past the key space.
-    /// Preloaded keys never expire, whatever `--ttl-ms` says, so gets hit for the whole run.
+    /// Keys per preload `Write`: `PRELOAD_BATCH`, fewer for values so large that the
+    /// request would pass `PRELOAD_BYTES`, and at least one.
+    fn preload_batch(&self) -> u64 {
+        let per_key = (KEY_PREFIX.len() + KEY_DIGITS + self.value.len()) as u64;
+        (PRELOAD_BYTES / per_key).clamp(1, PRELOAD_BATCH)
+    }
+
+    /// The keys of preload batch `index` (`index * preload_batch() ..`), or None past the
+    /// key space. Preloaded keys never expire, whatever `--ttl-ms` says, so gets hit for the
+    /// whole run.
     fn preload_keys(&self, index: u64) -> Option<Range<u64>> {
-        let first = index.checked_mul(PRELOAD_BATCH)?;
+        let batch = self.preload_batch();
+        let first = index.checked_mul(batch)?;
         if first >= self.keys {
             return None;
         }
-        Some(first..first.saturating_add(PRELOAD_BATCH).min(self.keys))
+        Some(first..first.saturating_add(batch).min(self.keys))
     }
 }
 
@@ -910,7 +921,9 @@ impl Ticker {
 fn progress_line(shared: &Shared, now: Instant) -> String {
     let Some(timeline) = shared.timeline.get() else {
         let batches = shared.next_batch.load(Ordering::Relaxed);
-        let sent = batches.saturating_mul(PRELOAD_BATCH).min(shared.plan.keys);
+        let sent = batches
+            .saturating_mul(shared.plan.preload_batch())
+            .min(shared.plan.keys);
         return if shared.plan.preload {
             format!(
                 "preloading: {} of {} keys",
@@ -1290,6 +1303,18 @@ mod tests {
         assert!(!args.workload.batched());
         let request: GetRequest = decode(&filled(&Plan::new(&args).unwrap().calls[0], &[1]).1);
         assert_eq!(request.key, key(1).as_bytes());
+    }
+
+    #[test]
+    fn preload_batches_of_large_values_stay_within_a_mebibyte() {
+        let batch = |size: &str| plan(&["--keys=1000", &format!("--value-size={size}")]);
+        assert_eq!(batch("64").preload_batch(), PRELOAD_BATCH);
+        // 64 KiB values: 15 per request (16-byte keys); 1 MiB and larger: one at a time.
+        let large = batch("65536");
+        assert_eq!(large.preload_batch(), 15);
+        assert_eq!(large.preload_keys(1), Some(15..30));
+        assert_eq!(batch("1048576").preload_batch(), 1);
+        assert_eq!(batch("8388608").preload_batch(), 1);
     }
 
     #[test]

@@ -416,19 +416,28 @@ impl WireLink {
         want_error: bool,
     ) -> Result<Option<ConnectError>, ConnectError> {
         let socket = &mut self.socket;
-        socket.send(request).await?;
+        // A node that refuses a request (one over its size limit, say) answers before it has
+        // read all of it and closes, so the rest of the write fails. The answer says why,
+        // and is still there to read; only without one is the failed write the error.
+        let sent = socket.send(request).await;
         let head = loop {
             match parse_head(&socket.buf) {
                 Ok(Some(head)) => break head,
-                Ok(None) => socket.read_more().await?,
-                Err(why) => return Err(socket.unreadable(&why)),
+                Ok(None) => {
+                    if let Err(e) = socket.read_more().await {
+                        return Err(sent.err().unwrap_or(e));
+                    }
+                }
+                Err(why) => return Err(sent.err().unwrap_or_else(|| socket.unreadable(&why))),
             }
         };
         let end = head.len + head.content_length;
         while socket.buf.len() < end {
-            socket.read_more().await?;
+            if let Err(e) = socket.read_more().await {
+                return Err(sent.err().unwrap_or(e));
+            }
         }
-        self.closing = head.close;
+        self.closing = head.close || sent.is_err();
         if head.status == 200 {
             return Ok(None);
         }
@@ -699,6 +708,40 @@ mod tests {
         assert_eq!(parse_head(&OK[..head_len - 1]).unwrap(), None);
         assert!(parse_head(&OK[..head_len]).unwrap().is_some());
         assert_eq!(parse_head(b"").unwrap(), None);
+    }
+
+    /// A node that answers a request it refuses before reading all of it, then closes: the
+    /// failed write is not the error, the node's answer is.
+    #[tokio::test]
+    async fn an_answer_sent_before_the_request_was_read_is_the_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let node = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await.unwrap();
+            let body = br#"{"code":"resource_exhausted","message":"request body exceeds 8388608 bytes (limits.max_request_bytes)"}"#;
+            let answer = format!(
+                "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            stream.write_all(body).await.unwrap();
+            // Closed with most of the request unread: the client's write fails.
+        });
+        let Link::Wire(mut link) = Link::open(&addr, Protocol::Http1).await.unwrap() else {
+            panic!("an HTTP/1.1 link");
+        };
+        let mut request = b"POST /kvstore.v1.KVStore/Set HTTP/1.1\r\nhost: x\r\n\
+            content-type: application/json\r\ncontent-length: 33554432\r\n\r\n"
+            .to_vec();
+        request.resize(request.len() + (32 << 20), b'x');
+        let error = link.exchange(&request, true).await.unwrap().unwrap();
+        assert_eq!(error.code, Code::ResourceExhausted, "{error:?}");
+        assert!(error.message.contains("max_request_bytes"), "{error:?}");
+        assert!(!Link::Wire(link).reusable());
+        node.await.unwrap();
     }
 
     #[test]
