@@ -21,7 +21,7 @@ pub struct Instance {
     free: TypedFunc<(i32, i32), ()>,
     instance: WasmInstance,
     /// Hooks already looked up, by export name: finding an export by name and checking its
-    /// type was ~10% of a validate call. An instance serves one chain step, so one or two.
+    /// type was ~15% of a validate call. An instance serves one chain step, so one or two.
     hooks: Vec<(Box<str>, Hook)>,
 }
 
@@ -95,6 +95,7 @@ impl Instance {
         self.raw_call(runtime, export, input, false)
     }
 
+    /// The hook `export`, looked up on its first call only.
     fn hook(&mut self, export: &str) -> Result<Hook, CallError> {
         if let Some((_, hook)) = self.hooks.iter().find(|(name, _)| &**name == export) {
             return Ok(hook.clone());
