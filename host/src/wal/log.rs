@@ -617,9 +617,13 @@ impl Shared {
             }
             active.len += buf.len() as u64;
             self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-            let unsynced = self.unsynced.fetch_add(buf.len() as u64, Ordering::Relaxed);
-            if !sync && unsynced + buf.len() as u64 >= WRITEBACK_BYTES {
-                self.request_writeback();
+            // Only the policies with a background syncer count (`always` syncs every group,
+            // and its unsynced writes are a snapshot's, which syncs them itself).
+            if !sync && self.opts.sync != SyncPolicy::Always {
+                let len = buf.len() as u64;
+                if self.unsynced.fetch_add(len, Ordering::Relaxed) + len >= WRITEBACK_BYTES {
+                    self.request_writeback();
+                }
             }
             self.last_group.store(last + 1 - first, Ordering::Relaxed);
             self.written_lsn.store(last, Ordering::Release);
