@@ -757,40 +757,166 @@ async fn keys_and_values_are_validated_against_the_limits() {
 /// Send raw bytes on a fresh connection and read one HTTP/1.1 response head (and its body,
 /// when it declares a length), without waiting for the connection to close.
 async fn raw_http1(addr: std::net::SocketAddr, bytes: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("send the request");
+    let (status, head, body) = read_response(&mut stream, &mut Vec::new()).await;
+    (status, head + &String::from_utf8_lossy(&body))
+}
+
+/// Read the next HTTP/1.1 response on `stream` (within 5 s): its status, its head up to and
+/// including the blank line, and its body of `Content-Length` bytes. `pending` holds what was
+/// read past the previous response.
+async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (u16, String, Vec<u8>) {
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(bytes).await.expect("send the request");
-        let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
+            if let Some(head_end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..head_end + 4]).into_owned();
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if pending.len() >= head_end + 4 + length {
+                    let body = pending[head_end + 4..head_end + 4 + length].to_vec();
+                    pending.drain(..head_end + 4 + length);
+                    let status = head[9..12].parse().expect("a status code");
+                    return (status, head, body);
+                }
+            }
             let n = stream.read(&mut chunk).await.expect("read the response");
             assert!(
                 n > 0,
                 "the server closed the connection without a response: {:?}",
-                String::from_utf8_lossy(&buf)
+                String::from_utf8_lossy(pending)
             );
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let Some(head_end) = text.find("\r\n\r\n") else {
-                continue;
-            };
-            let length = text[..head_end]
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if buf.len() >= head_end + 4 + length {
-                let status = text[9..12].parse().expect("a status code");
-                return (status, text);
-            }
+            pending.extend_from_slice(&chunk[..n]);
         }
     };
     tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
         .expect("the server answered within 5 s")
+}
+
+/// Whether the node closes `stream` within 5 s (having sent nothing more).
+async fn closed_by_the_node(stream: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await,
+        Ok(Ok(0))
+    )
+}
+
+/// One connection as HTTP/1.1 clients use it, through the node's own HTTP/1.1 loop
+/// (`api/h1.rs`) and hyper, which takes the connection over for what that loop leaves to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_connections_pipeline_dribble_and_carry_on_under_hyper() {
+    let (node, _base, _dir) = start("").await;
+    let mut conn = TcpStream::connect(node.local_addr()).await.unwrap();
+    let mut pending = Vec::new();
+
+    // Three requests in one write are answered in order.
+    conn.write_all(
+        b"PUT /v1/kv/p HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\n\r\none\
+          PUT /v1/kv/p HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\n\r\ntwo\
+          GET /v1/kv/p HTTP/1.1\r\nhost: t\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for version in ["1", "2"] {
+        let (status, head, body) = read_response(&mut conn, &mut pending).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(String::from_utf8_lossy(&body).contains(&format!("\"lsn\":{version}")));
+    }
+    let (status, head, body) = read_response(&mut conn, &mut pending).await;
+    assert_eq!((status, &body[..]), (200, &b"two"[..]), "{head}");
+    assert!(head.contains("x-wasmkv-version: 2\r\n"), "{head}");
+    assert!(head.contains("\r\ndate: "), "{head}");
+
+    // A request dribbled in pieces: its head in two writes, then its body in two.
+    for piece in [
+        &b"PUT /v1/kv/d HTTP/1.1\r\nhost: t\r\ncont"[..],
+        b"ent-length: 6\r\n\r\n",
+        b"dri",
+        b"ble",
+    ] {
+        conn.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, head, _) = read_response(&mut conn, &mut pending).await;
+    assert_eq!(status, 200, "{head}");
+
+    // HEAD: the length of what a GET would send, and no body.
+    conn.write_all(b"HEAD /v1/kv/d HTTP/1.1\r\nhost: t\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, body) = read_response(&mut conn, &mut pending).await;
+    assert!(head.contains("content-length: 6\r\n"), "{head}");
+    // The HEAD answer's declared length is not followed by a body: the bytes read as its body
+    // are the next answer's.
+    pending.splice(0..0, body);
+    assert_eq!(status, 200);
+    let (status, _, body) = read_response(&mut conn, &mut pending).await;
+    assert_eq!((status, &body[..]), (200, &b"ok\n"[..]));
+
+    // A chunked request is hyper's; the connection carries on under hyper.
+    conn.write_all(
+        b"PUT /v1/kv/c HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n\
+          3\r\nchu\r\n4\r\nnked\r\n0\r\n\r\n\
+          GET /v1/kv/c HTTP/1.1\r\nhost: t\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, head, _) = read_response(&mut conn, &mut pending).await;
+    assert_eq!(status, 200, "{head}");
+    let (status, _, body) = read_response(&mut conn, &mut pending).await;
+    assert_eq!((status, &body[..]), (200, &b"chunked"[..]));
+
+    // `Connection: close` on the node's own loop: answered, said, and closed.
+    let mut closing = TcpStream::connect(node.local_addr()).await.unwrap();
+    closing
+        .write_all(b"GET /v1/kv/p HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, body) = read_response(&mut closing, &mut Vec::new()).await;
+    assert_eq!((status, &body[..]), (200, &b"two"[..]), "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(closed_by_the_node(&mut closing).await);
+
+    // A target that is not a URI: 400, and the connection is closed, as hyper does.
+    let mut bad = TcpStream::connect(node.local_addr()).await.unwrap();
+    bad.write_all(b"GET /a<b HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, _) = read_response(&mut bad, &mut Vec::new()).await;
+    assert_eq!(status, 400, "{head}");
+    assert!(closed_by_the_node(&mut bad).await);
+
+    node.shutdown().await.expect("clean shutdown");
+}
+
+/// Shutdown does not wait for kept-alive connections that are idle: it closes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_kept_alive_connections_at_once() {
+    let (node, _base, _dir) = start("").await;
+    let mut idle = TcpStream::connect(node.local_addr()).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, ..) = read_response(&mut idle, &mut Vec::new()).await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    node.shutdown().await.expect("clean shutdown");
+    // Drained connections are waited for up to 10 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert!(closed_by_the_node(&mut idle).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

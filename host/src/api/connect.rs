@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::mpsc;
 
 use super::codec::{Codec, WireMessage};
@@ -24,8 +24,16 @@ use super::error::{Code, ConnectError};
 /// sent on the channel. An enum, not a boxed body: the box was one more allocation on every
 /// request.
 pub enum ResponseBody {
-    Full(Full<Bytes>),
+    /// The whole body (empty once sent).
+    Full(Bytes),
     Stream(mpsc::Receiver<Bytes>),
+}
+
+/// The body of a request: hyper's, or the whole body the HTTP/1.1 fast path (`h1`) has
+/// already read.
+pub enum RequestBody {
+    Hyper(Incoming),
+    Whole(Bytes),
 }
 
 impl Body for ResponseBody {
@@ -37,7 +45,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
-            ResponseBody::Full(full) => Pin::new(full).poll_frame(cx),
+            ResponseBody::Full(bytes) => {
+                Poll::Ready((!bytes.is_empty()).then(|| Ok(Frame::data(std::mem::take(bytes)))))
+            }
             ResponseBody::Stream(rx) => rx
                 .poll_recv(cx)
                 .map(|item| item.map(|bytes| Ok(Frame::data(bytes)))),
@@ -46,7 +56,7 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Full(full) => full.is_end_stream(),
+            ResponseBody::Full(bytes) => bytes.is_empty(),
             ResponseBody::Stream(_) => false,
         }
     }
@@ -54,7 +64,7 @@ impl Body for ResponseBody {
     // A whole message's exact size is what lets hyper send a Content-Length.
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Full(full) => full.size_hint(),
+            ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.len() as u64),
             ResponseBody::Stream(_) => SizeHint::default(),
         }
     }
@@ -66,7 +76,7 @@ pub const END_STREAM_FLAG: u8 = 0x02;
 const COMPRESSED_FLAG: u8 = 0x01;
 
 pub fn full(body: impl Into<Bytes>) -> ResponseBody {
-    ResponseBody::Full(Full::new(body.into()))
+    ResponseBody::Full(body.into())
 }
 
 /// The error response of a unary call.
@@ -160,12 +170,7 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let too_large = || {
-        ConnectError::new(
-            Code::ResourceExhausted,
-            format!("request body exceeds {limit} bytes (limits.{limit_name})"),
-        )
-    };
+    let too_large = || too_large(limit, limit_name);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -206,6 +211,14 @@ where
     } else {
         joined.freeze()
     })
+}
+
+/// The refusal of a request body over `limit` bytes (the setting `limits.<limit_name>`).
+pub fn too_large(limit: usize, limit_name: &str) -> ConnectError {
+    ConnectError::new(
+        Code::ResourceExhausted,
+        format!("request body exceeds {limit} bytes (limits.{limit_name})"),
+    )
 }
 
 /// One envelope: flags, big-endian length, data.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod codec;
 pub mod connect;
 pub mod error;
+mod h1;
 mod kv;
 pub mod lanes;
 mod metrics;

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode, header};
-use hyper::body::Incoming;
 
-use super::connect::{ResponseBody, full};
+use super::connect::{RequestBody, ResponseBody, full};
 use super::error::{Code, ConnectError};
 use super::kv;
 use super::proto::{DeleteRequest, GetRequest, SetRequest};
@@ -23,7 +22,7 @@ pub async fn kv_route(
     path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
-    body: Incoming,
+    body: RequestBody,
 ) -> Result<Response<ResponseBody>, ConnectError> {
     let raw = path.strip_prefix(KV_PREFIX).unwrap_or_default();
     let key = Bytes::from(percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>());

@@ -1,6 +1,8 @@
 //! The HTTP server: accepts connections (HTTP/1.1 and HTTP/2 on one port, in clear or over
 //! TLS), enforces the connection limits, authorizes and routes each request, records its
-//! latency and outcome, and shuts down gracefully.
+//! latency and outcome, and shuts down gracefully. A connection starts on the node's own
+//! HTTP/1.1 loop (`h1`), which serves ordinary requests and hands anything else, with the
+//! bytes it has read, to hyper for the rest of the connection.
 //!
 //! Abuse limits act before a request costs anything: a connection over
 //! `limits.max_connections` gets one `resource_exhausted` answer and is closed; a
@@ -15,21 +17,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::auth;
 use super::codec::WireMessage;
-use super::connect::{self, ResponseBody};
+use super::connect::{self, RequestBody, ResponseBody};
 use super::error::{Code, ConnectError};
+use super::h1;
 use super::lanes::Lanes;
 use super::state::ApiState;
 use super::{admin, kv, replication, rest, watch};
@@ -76,6 +77,8 @@ struct Listener {
     http: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     header_read_timeout: Duration,
+    /// What the HTTP/1.1 fast path holds a request to.
+    deadlines: h1::Deadlines,
     max_connections: usize,
 }
 
@@ -103,8 +106,15 @@ pub async fn serve(
         http,
         tls: options.tls.map(TlsAcceptor::from),
         header_read_timeout: options.header_read_timeout,
+        deadlines: h1::Deadlines {
+            head: options.header_read_timeout,
+            body: state.limits.body_read_timeout,
+        },
         max_connections: options.max_connections,
     });
+    // Tells the fast path's connections to close once idle; hyper's have `graceful`. Its
+    // `closed()` is when every one of them has.
+    let (stopping, _) = tokio::sync::watch::channel(false);
     let slots =
         (options.max_connections > 0).then(|| Arc::new(Semaphore::new(options.max_connections)));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
@@ -129,6 +139,7 @@ pub async fn serve(
         let slot = slots.as_ref().map(|s| Arc::clone(s).try_acquire_owned());
         match slot {
             None | Some(Ok(_)) => {
+                let stop = stopping.subscribe();
                 // Handed over as a std socket: it must be registered with the event loop of
                 // the thread that will serve it.
                 let stream = match stream.into_std() {
@@ -149,7 +160,7 @@ pub async fn serve(
                             }
                         };
                         let _open = shared.state.metrics.connection_opened();
-                        shared.connection(stream, peer, watcher, false).await;
+                        shared.connection(stream, peer, watcher, Some(stop)).await;
                     })
                 }));
             }
@@ -160,15 +171,17 @@ pub async fn serve(
                 };
                 tokio::spawn(async move {
                     let _refusing = refusing;
-                    let refusal = shared.connection(stream, peer, watcher, true);
+                    let refusal = shared.connection(stream, peer, watcher, None);
                     let _ = tokio::time::timeout(REFUSAL_TIME, refusal).await;
                 });
             }
         }
     }
     drop(listener);
+    stopping.send_replace(true);
+    let drained = async { tokio::join!(graceful.shutdown(), stopping.closed()) };
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = drained => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => {
             tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
         }
@@ -178,14 +191,14 @@ pub async fn serve(
 
 impl Listener {
     /// Serve one accepted connection: wait for its first bytes, do the TLS handshake if this
-    /// is a TLS listener, then HTTP. With `refuse`, every request on it is answered with the
-    /// `max_connections` refusal.
+    /// is a TLS listener, then HTTP. Without `stop` (a connection over the limit), every
+    /// request on it is answered with the `max_connections` refusal.
     async fn connection(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
         watcher: Watcher,
-        refuse: bool,
+        stop: Option<h1::Stop>,
     ) {
         let mut first = [0u8; 1];
         match tokio::time::timeout(self.header_read_timeout, stream.peek(&mut first)).await {
@@ -198,13 +211,13 @@ impl Listener {
             }
         }
         let Some(acceptor) = self.tls.clone() else {
-            return self.http(TokioIo::new(stream), peer, watcher, refuse).await;
+            return self.http(stream, peer, watcher, stop).await;
         };
         if first[0] != TLS_HANDSHAKE_RECORD {
             return plaintext_to_tls_port(stream).await;
         }
         match tokio::time::timeout(self.header_read_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => self.http(TokioIo::new(tls), peer, watcher, refuse).await,
+            Ok(Ok(tls)) => self.http(tls, peer, watcher, stop).await,
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => {
                 self.state.metrics.refused("header_read_timeout");
@@ -213,10 +226,28 @@ impl Listener {
         }
     }
 
-    async fn http<I>(self: Arc<Self>, io: I, peer: SocketAddr, watcher: Watcher, refuse: bool)
-    where
-        I: Read + Write + Unpin + Send + 'static,
+    /// HTTP on an open connection: the fast path first (see `h1`), then hyper for whatever
+    /// it hands over (HTTP/2, streams, the unusual), or for everything when refusing.
+    async fn http<I>(
+        self: Arc<Self>,
+        mut io: I,
+        peer: SocketAddr,
+        watcher: Watcher,
+        stop: Option<h1::Stop>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let refuse = stop.is_none();
+        let read = match stop {
+            Some(mut stop) => {
+                match h1::serve(&mut io, &self.state, &self.deadlines, &mut stop).await {
+                    h1::Ending::Closed => return,
+                    h1::Ending::HandOver(read) => read,
+                }
+            }
+            None => bytes::Bytes::new(),
+        };
+        let io = TokioIo::new(h1::Prefixed::new(read, io));
         let state = Arc::clone(&self.state);
         let max_connections = self.max_connections;
         let service = service_fn(move |req| {
@@ -225,7 +256,7 @@ impl Listener {
                 Ok::<_, Infallible>(if refuse {
                     connect::error_response(&too_many_connections(max_connections))
                 } else {
-                    handle(state, req).await
+                    handle(&state, req.map(RequestBody::Hyper)).await
                 })
             }
         });
@@ -277,7 +308,11 @@ async fn plaintext_to_tls_port(mut stream: TcpStream) {
     let _ = tokio::time::timeout(REFUSAL_TIME, answer).await;
 }
 
-async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<ResponseBody> {
+/// Answer one request, whichever HTTP path read it.
+pub(super) async fn handle(
+    state: &Arc<ApiState>,
+    req: Request<RequestBody>,
+) -> Response<ResponseBody> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
@@ -286,20 +321,20 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Respon
         (&Method::POST, "/kvstore.v1.KVStore/Watch") => (
             "Watch",
             authorized(
-                &state,
+                state,
                 headers,
                 "Watch",
-                stream_rpc(&state, headers, body, false),
+                stream_rpc(state, headers, body, false),
             )
             .await,
         ),
         (&Method::POST, "/kvstore.v1.Replication/Subscribe") => (
             "Subscribe",
             authorized(
-                &state,
+                state,
                 headers,
                 "Subscribe",
-                stream_rpc(&state, headers, body, true),
+                stream_rpc(state, headers, body, true),
             )
             .await,
         ),
@@ -307,29 +342,29 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Respon
             let name = rpc_name(p);
             (
                 name,
-                authorized(&state, headers, name, rpc(&state, name, headers, body)).await,
+                authorized(state, headers, name, rpc(state, name, headers, body)).await,
             )
         }
         (method, p) if p.starts_with(rest::KV_PREFIX) => (
             "rest",
-            match auth::authorize(&state, headers, auth::rest_access(method), "this call") {
+            match auth::authorize(state, headers, auth::rest_access(method), "this call") {
                 Ok(()) => {
                     let query = parts.uri.query();
-                    rest::kv_route(&state, method, p, query, headers, body).await
+                    rest::kv_route(state, method, p, query, headers, body).await
                 }
                 Err(e) => Err(e),
             },
         ),
         (&Method::GET, "/healthz") => return rest::healthz(),
-        (&Method::GET, "/readyz") => return rest::readyz(&state),
+        (&Method::GET, "/readyz") => return rest::readyz(state),
         (&Method::GET, "/metrics") => {
             let allowed = if state.protect_metrics {
-                auth::authorize(&state, headers, Access::Read, "/metrics")
+                auth::authorize(state, headers, Access::Read, "/metrics")
             } else {
                 Ok(())
             };
             return match allowed {
-                Ok(()) => rest::metrics(&state),
+                Ok(()) => rest::metrics(state),
                 Err(e) => connect::error_response(&e),
             };
         }
@@ -386,7 +421,7 @@ async fn rpc(
     state: &Arc<ApiState>,
     name: &'static str,
     headers: &http::HeaderMap,
-    body: Incoming,
+    body: RequestBody,
 ) -> Result<Response<ResponseBody>, ConnectError> {
     if name == "unknown" {
         return Err(ConnectError::new(
@@ -455,7 +490,7 @@ async fn rpc(
 async fn read_request(
     state: &ApiState,
     headers: &http::HeaderMap,
-    body: Incoming,
+    body: RequestBody,
 ) -> Result<bytes::Bytes, ConnectError> {
     state
         .read_body(
@@ -471,7 +506,7 @@ async fn read_request(
 async fn stream_rpc(
     state: &Arc<ApiState>,
     headers: &http::HeaderMap,
-    body: Incoming,
+    body: RequestBody,
     subscribe: bool,
 ) -> Result<Response<ResponseBody>, ConnectError> {
     let codec = connect::stream_codec(headers)?;

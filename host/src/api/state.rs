@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
+use super::connect::RequestBody;
 use super::error::{Code, ConnectError};
 use super::metrics::Metrics;
 use crate::auth::TokenSet;
@@ -116,6 +117,18 @@ pub struct ApiState {
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
+/// The answer to a request body that did not arrive within `limits.body_read_timeout`.
+pub fn body_timed_out(timeout: Duration) -> ConnectError {
+    ConnectError::new(
+        Code::DeadlineExceeded,
+        format!(
+            "the request body did not arrive within {} (limits.body_read_timeout); nothing \
+             was done",
+            humantime::format_duration(timeout)
+        ),
+    )
+}
+
 impl ApiState {
     pub fn new(limits: Limits, security: Security) -> Self {
         let store = Arc::new(StoreSlot::empty());
@@ -167,10 +180,18 @@ impl ApiState {
     pub async fn read_body(
         &self,
         headers: &http::HeaderMap,
-        body: hyper::body::Incoming,
+        body: RequestBody,
         max: usize,
         limit: &'static str,
     ) -> Result<bytes::Bytes, ConnectError> {
+        let body = match body {
+            RequestBody::Whole(whole) if whole.len() > max => {
+                self.metrics.refused(limit);
+                return Err(super::connect::too_large(max, limit));
+            }
+            RequestBody::Whole(whole) => return Ok(whole),
+            RequestBody::Hyper(body) => body,
+        };
         let timeout = self.limits.body_read_timeout;
         let read = super::connect::read_body(headers, body, max, limit);
         match tokio::time::timeout(timeout, read).await {
@@ -181,14 +202,7 @@ impl ApiState {
             Ok(read) => read,
             Err(_) => {
                 self.metrics.refused("body_read_timeout");
-                Err(ConnectError::new(
-                    Code::DeadlineExceeded,
-                    format!(
-                        "the request body did not arrive within {} (limits.body_read_timeout); \
-                         nothing was done",
-                        humantime::format_duration(timeout)
-                    ),
-                ))
+                Err(body_timed_out(timeout))
             }
         }
     }

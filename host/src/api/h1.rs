@@ -1,0 +1,626 @@
+//! HTTP/1.1 without hyper for the requests that make up nearly all traffic: a request with a
+//! `Content-Length` body (or none) to any route but the two streaming RPCs.
+//!
+//! Why: on a unary GET, hyper's general machinery was ~30% of the node's user CPU (profiled
+//! in BENCHMARKS.md): a body channel, a header-read timer and an 8 KiB read buffer allocated
+//! for every request (its keep-alive read reserves while the last request still holds the
+//! old buffer), and a dispatcher built for streaming both ways. Here a connection reads into
+//! one buffer it reuses, parses each request in place with `httparse`, calls the same
+//! [`handle`](super::server::handle) as hyper's path with the whole body, and writes every
+//! answer ready in one turn with one `write(2)`.
+//!
+//! Anything else (HTTP/1.0, `Transfer-Encoding`, `Expect`, `Upgrade`, a request larger than
+//! [`MAX_REQUEST`], a head `httparse` rejects, the HTTP/2 preface, `Watch` and `Subscribe`)
+//! is handed to hyper together with the bytes already read, and hyper serves the rest of the
+//! connection: its answers, refusals and errors stay the only ones for those cases.
+
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+use super::connect::{self, RequestBody, ResponseBody};
+use super::server::handle;
+use super::state::{ApiState, body_timed_out};
+
+/// What the read buffer starts at and is kept at (hyper's initial size).
+const READ_BUFFER: usize = 8192;
+/// The largest request (head and body) served here; a larger one goes to hyper, which
+/// streams it. Bounds what one connection buffers.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Buffers larger than this (grown for one large request or answer) are let go once empty,
+/// so that an idle connection holds little.
+const MAX_KEPT: usize = 64 * 1024;
+/// Most header lines served here (hyper's limit is 100, and it answers past it).
+const MAX_HEADERS: usize = 64;
+/// The RPCs that answer with a stream: hyper serves them, and notices when their client
+/// goes away while nothing is being sent.
+const STREAMING_PATHS: [&str; 2] = [
+    "/kvstore.v1.KVStore/Watch",
+    "/kvstore.v1.Replication/Subscribe",
+];
+
+/// How a connection's time on the fast path ended.
+pub enum Ending {
+    /// It is closed: by the client, for a timeout, after `Connection: close`, or at shutdown.
+    Closed,
+    /// A request this loop does not serve starts at the front of these bytes.
+    HandOver(Bytes),
+}
+
+/// Turns true when the node shuts down: an idle connection then closes, a busy one after
+/// its answer (which says so).
+pub type Stop = watch::Receiver<bool>;
+
+/// Limits a connection is held to while it sends a request.
+pub struct Deadlines {
+    /// For a request's head, from when the connection starts waiting for it.
+    pub head: Duration,
+    /// For a request's body, once its head has arrived.
+    pub body: Duration,
+}
+
+/// Serve requests on `io` until it closes, `stop` turns true while it is idle, or a request
+/// needs hyper.
+pub async fn serve<I>(
+    io: &mut I,
+    state: &Arc<ApiState>,
+    deadlines: &Deadlines,
+    stop: &mut Stop,
+) -> Ending
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut out = Vec::with_capacity(1024);
+    // One timer for the connection's life, moved only when it fires early: re-arming it for
+    // every request would cost a timer-wheel update each time.
+    let mut alarm = pin!(tokio::time::sleep(deadlines.head));
+    // When the connection started waiting for what it waits for now: a request's head from
+    // the end of the previous answer (so a kept-alive connection idle for the whole
+    // `header_read_timeout` is closed, as hyper does), its body from the end of its head.
+    let mut waiting_since = Instant::now();
+    let mut waiting_for = Part::Head;
+    let mut fields = [(Span::default(), Span::default()); MAX_HEADERS];
+    loop {
+        let missing = loop {
+            let request = match parse(&buf, &mut fields) {
+                Parsed::Whole(request) => request,
+                Parsed::Partial(part) => break part,
+                Parsed::Foreign => {
+                    if write_out(io, &mut out).await.is_err() {
+                        return Ending::Closed;
+                    }
+                    return Ending::HandOver(buf.freeze());
+                }
+            };
+            let close = request.close || *stop.borrow();
+            let head_only = request.method == Method::HEAD;
+            let (response, close) = match request.into_http(&mut buf, &fields) {
+                Some(request) => (handle(state, request).await, close),
+                None => (bad_request(), true),
+            };
+            if encode(&mut out, response, head_only, close).is_err() || close {
+                let _ = write_out(io, &mut out).await;
+                let _ = io.shutdown().await;
+                return Ending::Closed;
+            }
+            waiting_since = Instant::now();
+            waiting_for = Part::Head;
+        };
+        if write_out(io, &mut out).await.is_err() {
+            return Ending::Closed;
+        }
+        if let (Part::Head, Part::Body { .. }) = (waiting_for, missing) {
+            waiting_since = Instant::now();
+        }
+        waiting_for = missing;
+        let (limit, within) = match missing {
+            Part::Head => ("header_read_timeout", deadlines.head),
+            Part::Body { needed } => {
+                buf.reserve(needed.saturating_sub(buf.len()));
+                ("body_read_timeout", deadlines.body)
+            }
+        };
+        if buf.is_empty() && buf.capacity() > MAX_KEPT {
+            buf = BytesMut::with_capacity(READ_BUFFER);
+        } else if buf.capacity() - buf.len() < READ_BUFFER / 4 {
+            // Reclaims the buffer's start when no request still holds it.
+            buf.reserve(READ_BUFFER);
+        }
+        let idle = buf.is_empty();
+        let read = tokio::select! {
+            biased;
+            read = io.read_buf(&mut buf) => read,
+            () = &mut alarm => {
+                let due = waiting_since + within;
+                if Instant::now() < due {
+                    alarm.as_mut().reset(due.into());
+                    continue;
+                }
+                state.metrics.refused(limit);
+                tracing::debug!("closed: a request was not sent within limits.{limit}");
+                if let Part::Body { .. } = missing {
+                    let refusal = connect::error_response(&body_timed_out(within));
+                    if encode(&mut out, refusal, false, true).is_ok() {
+                        let _ = write_out(io, &mut out).await;
+                    }
+                }
+                return Ending::Closed;
+            }
+            _ = stop.changed(), if idle => return Ending::Closed,
+        };
+        if let Ok(0) | Err(_) = read {
+            return Ending::Closed;
+        }
+    }
+}
+
+/// hyper's answer to a request-target it cannot parse, which then closes the connection.
+fn bad_request() -> Response<ResponseBody> {
+    let mut response = Response::new(connect::full(Bytes::new()));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response
+}
+
+async fn write_out<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let written = io.write_all(out).await;
+    out.clear();
+    if out.capacity() > MAX_KEPT {
+        *out = Vec::with_capacity(READ_BUFFER);
+    }
+    written
+}
+
+/// What is missing before the next request can be served.
+#[derive(Clone, Copy)]
+enum Part {
+    Head,
+    /// The head is there; the buffer must hold `needed` bytes for the body to be.
+    Body {
+        needed: usize,
+    },
+}
+
+enum Parsed {
+    Whole(WholeRequest),
+    Partial(Part),
+    Foreign,
+}
+
+/// Where a field lies in the read buffer.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    fn of(base: *const u8, part: &[u8]) -> Span {
+        let start = part.as_ptr() as usize - base as usize;
+        Span {
+            start,
+            end: start + part.len(),
+        }
+    }
+}
+
+/// Where each header line's name and value lie in the read buffer, kept by the connection
+/// for every request rather than moved with each.
+type Fields = [(Span, Span); MAX_HEADERS];
+
+/// A request whose head and body are all in the buffer, as spans of it (its header lines in
+/// the connection's [`Fields`]).
+struct WholeRequest {
+    method: Method,
+    path: Span,
+    header_count: usize,
+    head_len: usize,
+    body_len: usize,
+    close: bool,
+}
+
+impl WholeRequest {
+    /// Take the request off the front of `buf`; `None` if its target is not a URI. The
+    /// header values and the body share the buffer's memory, which is reclaimed once they are
+    /// dropped.
+    fn into_http(self, buf: &mut BytesMut, fields: &Fields) -> Option<Request<RequestBody>> {
+        let head = buf.split_to(self.head_len).freeze();
+        let body = buf.split_to(self.body_len).freeze();
+        let uri = Uri::from_maybe_shared(head.slice(self.path.start..self.path.end)).ok()?;
+        let mut headers = HeaderMap::with_capacity(self.header_count);
+        for (name, value) in &fields[..self.header_count] {
+            // As hyper does: httparse lets only token characters into a name.
+            let name = HeaderName::from_bytes(&head[name.start..name.end])
+                .expect("httparse checked the header name");
+            let value = HeaderValue::from_maybe_shared(head.slice(value.start..value.end))
+                .expect("parse checked the header value");
+            headers.append(name, value);
+        }
+        let mut request = Request::new(RequestBody::Whole(body));
+        *request.method_mut() = self.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Some(request)
+    }
+}
+
+/// Parse the request at the front of `buf`, deciding whether this loop serves it.
+fn parse(buf: &[u8], fields: &mut Fields) -> Parsed {
+    if buf.is_empty() {
+        return Parsed::Partial(Part::Head);
+    }
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let head_len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST => {
+            return Parsed::Partial(Part::Head);
+        }
+        // Too large, too many headers, malformed, or HTTP/2's preface: hyper answers.
+        _ => return Parsed::Foreign,
+    };
+    let (Some(method), Some(path), Some(1)) = (parsed.method, parsed.path, parsed.version) else {
+        return Parsed::Foreign;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Foreign;
+    };
+    if STREAMING_PATHS.contains(&path) {
+        return Parsed::Foreign;
+    }
+    let base = buf.as_ptr();
+    let mut request = WholeRequest {
+        method,
+        path: Span::of(base, path.as_bytes()),
+        header_count: parsed.headers.len(),
+        head_len,
+        body_len: 0,
+        close: false,
+    };
+    let mut content_length = None;
+    for (slot, field) in fields.iter_mut().zip(parsed.headers.iter()) {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let length = std::str::from_utf8(field.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok());
+            match (content_length, length) {
+                (None, Some(length)) => content_length = Some(length),
+                _ => return Parsed::Foreign, // repeated or not a number
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            return Parsed::Foreign;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in field.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    request.close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::Foreign;
+                }
+            }
+        }
+        // What `HeaderValue` accepts (httparse also lets DEL through).
+        if !field
+            .value
+            .iter()
+            .all(|&b| b >= b' ' && b != 0x7f || b == b'\t')
+        {
+            return Parsed::Foreign;
+        }
+        *slot = (Span::of(base, name.as_bytes()), Span::of(base, field.value));
+    }
+    request.body_len = content_length.unwrap_or(0);
+    let needed = head_len + request.body_len;
+    if needed > MAX_REQUEST {
+        return Parsed::Foreign;
+    }
+    if buf.len() < needed {
+        return Parsed::Partial(Part::Body { needed });
+    }
+    Parsed::Whole(request)
+}
+
+/// Append `response` to `out`. A streamed body cannot be: only the streaming RPCs stream, and
+/// they are hyper's.
+fn encode(
+    out: &mut Vec<u8>,
+    response: Response<ResponseBody>,
+    head_only: bool,
+    close: bool,
+) -> Result<(), ()> {
+    let (parts, body) = response.into_parts();
+    let ResponseBody::Full(body) = body else {
+        tracing::error!("a streamed answer reached the HTTP/1.1 fast path; closing");
+        return Err(());
+    };
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    http_date(|date| out.extend_from_slice(date));
+    out.extend_from_slice(b"\r\n\r\n");
+    if !head_only {
+        out.extend_from_slice(&body);
+    }
+    Ok(())
+}
+
+/// Call `with` with the current date as HTTP writes it, formatted once a second per thread.
+fn http_date(with: impl FnOnce(&[u8])) {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with_borrow_mut(|(cached_second, date)| {
+        if *cached_second != second || date.is_empty() {
+            *cached_second = second;
+            *date = httpdate::fmt_http_date(now);
+        }
+        with(date.as_bytes());
+    });
+}
+
+/// A connection whose first bytes were already read: hyper reads them again from here.
+pub struct Prefixed<I> {
+    prefix: Bytes,
+    io: I,
+}
+
+impl<I> Prefixed<I> {
+    pub fn new(prefix: Bytes, io: I) -> Self {
+        Prefixed { prefix, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_fields() -> Fields {
+        [(Span::default(), Span::default()); MAX_HEADERS]
+    }
+
+    fn whole(raw: &[u8]) -> WholeRequest {
+        match parse(raw, &mut no_fields()) {
+            Parsed::Whole(request) => request,
+            Parsed::Partial(_) => panic!("partial: {:?}", String::from_utf8_lossy(raw)),
+            Parsed::Foreign => panic!("foreign: {:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    fn is_foreign(raw: &[u8]) -> bool {
+        matches!(parse(raw, &mut no_fields()), Parsed::Foreign)
+    }
+
+    #[test]
+    fn a_whole_request_becomes_an_http_request_sharing_the_buffer() {
+        let raw = b"POST /kvstore.v1.KVStore/Get?x=1 HTTP/1.1\r\nHost: a\r\n\
+                    Content-Type: application/cbor\r\nContent-Length: 3\r\n\
+                    Connect-Timeout-Ms: 50\r\n\r\nabcGET /next";
+        let mut buf = BytesMut::from(&raw[..]);
+        let mut fields = no_fields();
+        let Parsed::Whole(parsed) = parse(&buf, &mut fields) else {
+            panic!("a whole request");
+        };
+        assert!(!parsed.close);
+        let request = parsed.into_http(&mut buf, &fields).expect("a valid target");
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri().path(), "/kvstore.v1.KVStore/Get");
+        assert_eq!(request.uri().query(), Some("x=1"));
+        assert_eq!(request.headers()["content-type"], "application/cbor");
+        assert_eq!(request.headers()["connect-timeout-ms"], "50");
+        assert_eq!(request.headers().len(), 4);
+        let RequestBody::Whole(body) = request.into_body() else {
+            panic!("the fast path passes the whole body");
+        };
+        assert_eq!(body, "abc");
+        assert_eq!(
+            &buf[..],
+            b"GET /next",
+            "the next request stays in the buffer"
+        );
+    }
+
+    #[test]
+    fn requests_wait_for_the_rest_of_their_head_and_body() {
+        assert!(matches!(
+            parse(b"", &mut no_fields()),
+            Parsed::Partial(Part::Head)
+        ));
+        assert!(matches!(
+            parse(b"GET /healthz HTTP/1.1\r\nhost", &mut no_fields()),
+            Parsed::Partial(Part::Head)
+        ));
+        let head = b"PUT /v1/kv/a HTTP/1.1\r\ncontent-length: 5\r\n\r\n";
+        let mut partial = head.to_vec();
+        partial.extend_from_slice(b"he");
+        assert!(matches!(
+            parse(&partial, &mut no_fields()),
+            Parsed::Partial(Part::Body { needed }) if needed == head.len() + 5
+        ));
+        partial.extend_from_slice(b"llo");
+        assert_eq!(whole(&partial).body_len, 5);
+    }
+
+    #[test]
+    fn connection_close_is_honoured_in_any_case_and_list() {
+        assert!(whole(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").close);
+        assert!(!whole(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n").close);
+    }
+
+    #[test]
+    fn what_this_loop_does_not_serve_goes_to_hyper() {
+        let cases: [&[u8]; 11] = [
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nconnection: Upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\ncontent-length: +1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\ncontent-length: 99999999\r\n\r\n",
+            b"POST /kvstore.v1.KVStore/Watch HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nx: a\x7fb\r\n\r\n",
+        ];
+        for raw in cases {
+            assert!(is_foreign(raw), "{:?}", String::from_utf8_lossy(raw));
+        }
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(
+            is_foreign(&many),
+            "more header lines than the fast path keeps"
+        );
+        let mut endless = b"GET / HTTP/1.1\r\nx: ".to_vec();
+        endless.resize(MAX_REQUEST, b'a');
+        assert!(is_foreign(&endless), "a head that never ends");
+    }
+
+    #[test]
+    fn a_target_that_is_not_a_uri_is_a_bad_request() {
+        let mut buf = BytesMut::from(&b"GET /a<b HTTP/1.1\r\n\r\n"[..]);
+        let parsed = whole(&buf);
+        assert!(parsed.into_http(&mut buf, &no_fields()).is_none());
+    }
+
+    #[test]
+    fn answers_carry_their_length_and_date_and_say_when_the_connection_closes() {
+        let mut out = Vec::new();
+        let response = Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .header("content-type", "text/plain")
+            .body(connect::full("gone"))
+            .unwrap();
+        encode(&mut out, response, false, true).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        assert_eq!(lines.next(), Some("HTTP/1.1 404 Not Found"));
+        let fields: Vec<&str> = lines.collect();
+        assert!(fields.contains(&"content-type: text/plain"), "{fields:?}");
+        assert!(fields.contains(&"content-length: 4"), "{fields:?}");
+        assert!(fields.contains(&"connection: close"), "{fields:?}");
+        let date = fields
+            .iter()
+            .find_map(|f| f.strip_prefix("date: "))
+            .unwrap();
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+        assert_eq!(body, "gone");
+
+        let mut out = Vec::new();
+        encode(&mut out, Response::new(connect::full("abc")), true, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("content-length: 3\r\n"), "{text}");
+        assert!(!text.contains("connection"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\n"),
+            "a HEAD answer has no body: {text:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn hyper_reads_the_handed_over_bytes_first() {
+        let (mut near, far) = tokio::io::duplex(64);
+        let mut prefixed = Prefixed::new(Bytes::from_static(b"already "), far);
+        near.write_all(b"read").await.unwrap();
+        drop(near);
+        let mut all = String::new();
+        prefixed.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "already read");
+    }
+}
