@@ -898,6 +898,35 @@ async fn http1_connections_pipeline_dribble_and_carry_on_under_hyper() {
     node.shutdown().await.expect("clean shutdown");
 }
 
+/// A kept-alive connection idle for `header_read_timeout` is closed, as one that never sends
+/// its first request is, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_alive_connections_idle_past_the_header_timeout_are_closed() {
+    let (node, base, _dir) = start("limits:\n  header_read_timeout: 1s\n").await;
+    let mut idle = TcpStream::connect(node.local_addr()).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, ..) = read_response(&mut idle, &mut Vec::new()).await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    assert!(closed_by_the_node(&mut idle).await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}, before the timeout",
+        started.elapsed()
+    );
+    let metrics = request(Method::GET, &format!("{base}/metrics"), Bytes::new()).await;
+    assert!(
+        metrics
+            .text()
+            .contains("wasmkv_limit_refusals_total{limit=\"header_read_timeout\"} 1"),
+        "{}",
+        metrics.text()
+    );
+    node.shutdown().await.expect("clean shutdown");
+}
+
 /// Shutdown does not wait for kept-alive connections that are idle: it closes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_kept_alive_connections_at_once() {
