@@ -927,6 +927,61 @@ async fn kept_alive_connections_idle_past_the_header_timeout_are_closed() {
     node.shutdown().await.expect("clean shutdown");
 }
 
+/// A request that only hyper serves, arriving once shutdown has begun (hyper's connections
+/// are draining by then), is refused with the reason rather than dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_hyper_during_shutdown_is_told_why() {
+    let (node, _base, _dir) = start("").await;
+    let addr = node.local_addr();
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    // Half a head: the connection is not idle, so shutdown lets it finish its request.
+    conn.write_all(b"PUT /v1/kv/x HTTP/1.1\r\nhost: t\r\n")
+        .await
+        .unwrap();
+    let shutdown = tokio::spawn(node.shutdown());
+    wait_for(
+        "the node to stop accepting",
+        Duration::from_secs(5),
+        || async { TcpStream::connect(addr).await.is_err().then_some(()) },
+    )
+    .await;
+    conn.write_all(b"transfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, body) = read_response(&mut conn, &mut Vec::new()).await;
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("shutting down"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(closed_by_the_node(&mut conn).await);
+    shutdown.await.unwrap().expect("clean shutdown");
+}
+
+/// A body that stops arriving is answered once `body_read_timeout` has passed, even when
+/// that is shorter than the header timeout the connection's clock was last set for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_its_own_shorter_deadline() {
+    let (node, _base, _dir) =
+        start("limits:\n  header_read_timeout: 30s\n  body_read_timeout: 1s\n").await;
+    let mut conn = TcpStream::connect(node.local_addr()).await.unwrap();
+    let started = std::time::Instant::now();
+    conn.write_all(b"PUT /v1/kv/s HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\nab")
+        .await
+        .unwrap();
+    let (status, head, body) = read_response(&mut conn, &mut Vec::new()).await;
+    assert_eq!(status, 504, "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("limits.body_read_timeout"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    node.shutdown().await.expect("clean shutdown");
+}
+
 /// Shutdown does not wait for kept-alive connections that are idle: it closes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_kept_alive_connections_at_once() {

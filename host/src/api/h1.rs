@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 use super::connect::{self, RequestBody, ResponseBody};
+use super::error::ConnectError;
 use super::server::handle;
 use super::state::{ApiState, body_timed_out};
 
@@ -92,10 +93,20 @@ where
     let mut waiting_for = Part::Head;
     let mut fields = [(Span::default(), Span::default()); MAX_HEADERS];
     loop {
+        let mut answered = false;
         let missing = loop {
             let request = match parse(&buf, &mut fields) {
                 Parsed::Whole(request) => request,
                 Parsed::Partial(part) => break part,
+                Parsed::Foreign if *stop.borrow() => {
+                    // hyper's connections are already draining: one started now would be
+                    // cancelled unanswered, so this answer says why instead.
+                    let refusal = connect::error_response(&shutting_down());
+                    if encode(&mut out, refusal, false, true).is_ok() {
+                        let _ = write_out(io, &mut out).await;
+                    }
+                    return Ending::Closed;
+                }
                 Parsed::Foreign => {
                     if write_out(io, &mut out).await.is_err() {
                         return Ending::Closed;
@@ -114,13 +125,18 @@ where
                 let _ = io.shutdown().await;
                 return Ending::Closed;
             }
-            waiting_since = Instant::now();
-            waiting_for = Part::Head;
+            answered = true;
+            // Answers to many pipelined requests are sent as they grow, not all held at once.
+            if out.len() > MAX_KEPT && write_out(io, &mut out).await.is_err() {
+                return Ending::Closed;
+            }
         };
         if write_out(io, &mut out).await.is_err() {
             return Ending::Closed;
         }
-        if let (Part::Head, Part::Body { .. }) = (waiting_for, missing) {
+        // The next head's clock starts once the last answer is out, its body's once its head
+        // is in.
+        if answered || matches!((waiting_for, missing), (Part::Head, Part::Body { .. })) {
             waiting_since = Instant::now();
         }
         waiting_for = missing;
@@ -137,12 +153,16 @@ where
             // Reclaims the buffer's start when no request still holds it.
             buf.reserve(READ_BUFFER);
         }
+        let due = waiting_since + within;
+        if alarm.deadline() > due.into() {
+            // Waiting for something with a shorter limit than the alarm was set for.
+            alarm.as_mut().reset(due.into());
+        }
         let idle = buf.is_empty();
         let read = tokio::select! {
             biased;
             read = io.read_buf(&mut buf) => read,
             () = &mut alarm => {
-                let due = waiting_since + within;
                 if Instant::now() < due {
                     alarm.as_mut().reset(due.into());
                     continue;
@@ -165,6 +185,14 @@ where
     }
 }
 
+/// The answer to a request that would need hyper once the node has begun to shut down.
+fn shutting_down() -> ConnectError {
+    ConnectError::unavailable(
+        "the node is shutting down; send this request again, to this node once it is back or \
+         to another",
+    )
+}
+
 /// hyper's answer to a request-target it cannot parse, which then closes the connection.
 fn bad_request() -> Response<ResponseBody> {
     let mut response = Response::new(connect::full(Bytes::new()));
@@ -176,7 +204,12 @@ async fn write_out<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> std:
     if out.is_empty() {
         return Ok(());
     }
-    let written = io.write_all(out).await;
+    // A flush as well: over TLS, `write_all` can leave the end of the answer in the TLS
+    // layer's buffer when the socket is full, and nothing else would send it.
+    let written = match io.write_all(out).await {
+        Ok(()) => io.flush().await,
+        Err(e) => Err(e),
+    };
     out.clear();
     if out.capacity() > MAX_KEPT {
         *out = Vec::with_capacity(READ_BUFFER);
@@ -278,7 +311,10 @@ fn parse(buf: &[u8], fields: &mut Fields) -> Parsed {
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::Foreign;
     };
-    if STREAMING_PATHS.contains(&path) {
+    // Only origin-form targets (`/path?query`), and never the streaming RPCs, whatever
+    // query they carry; an absolute URL and the rest are hyper's.
+    let route = path.split('?').next().unwrap_or_default();
+    if !path.starts_with('/') || STREAMING_PATHS.contains(&route) {
         return Parsed::Foreign;
     }
     let base = buf.as_ptr();
@@ -297,10 +333,12 @@ fn parse(buf: &[u8], fields: &mut Fields) -> Parsed {
             let length = std::str::from_utf8(field.value)
                 .ok()
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<usize>().ok());
+                .and_then(|v| v.parse::<usize>().ok())
+                // Larger bodies are hyper's, and `head_len + length` cannot overflow.
+                .filter(|&length| length <= MAX_REQUEST);
             match (content_length, length) {
                 (None, Some(length)) => content_length = Some(length),
-                _ => return Parsed::Foreign, // repeated or not a number
+                _ => return Parsed::Foreign, // repeated, not a number, or too large
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("expect")
@@ -541,7 +579,10 @@ mod tests {
 
     #[test]
     fn what_this_loop_does_not_serve_goes_to_hyper() {
-        let cases: [&[u8]; 11] = [
+        let cases: [&[u8]; 14] = [
+            b"POST / HTTP/1.1\r\ncontent-length: 18446744073709551615\r\n\r\n",
+            b"POST /kvstore.v1.Replication/Subscribe?x HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"GET http://node/healthz HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.0\r\n\r\n",
             b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nExpect: 100-continue\r\ncontent-length: 1\r\n\r\n",

@@ -177,8 +177,10 @@ pub async fn serve(
             }
         }
     }
-    drop(listener);
+    // Stop before the listener closes: a client refused a connection can count on the
+    // connections it has being told.
     stopping.send_replace(true);
+    drop(listener);
     let drained = async { tokio::join!(graceful.shutdown(), stopping.closed()) };
     tokio::select! {
         _ = drained => {}
