@@ -801,6 +801,18 @@ async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (u16, S
         .expect("the server answered within 5 s")
 }
 
+/// A connection that has been answered once and is kept alive.
+async fn kept_alive(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, ..) = read_response(&mut stream, &mut Vec::new()).await;
+    assert_eq!(status, 200);
+    stream
+}
+
 /// Whether the node closes `stream` within 5 s (having sent nothing more).
 async fn closed_by_the_node(stream: &mut TcpStream) -> bool {
     let mut rest = Vec::new();
@@ -903,12 +915,7 @@ async fn http1_connections_pipeline_dribble_and_carry_on_under_hyper() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_alive_connections_idle_past_the_header_timeout_are_closed() {
     let (node, base, _dir) = start("limits:\n  header_read_timeout: 1s\n").await;
-    let mut idle = TcpStream::connect(node.local_addr()).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (status, ..) = read_response(&mut idle, &mut Vec::new()).await;
-    assert_eq!(status, 200);
+    let mut idle = kept_alive(node.local_addr()).await;
     let started = std::time::Instant::now();
     assert!(closed_by_the_node(&mut idle).await);
     assert!(
@@ -986,12 +993,7 @@ async fn a_stalled_body_gets_its_own_shorter_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_kept_alive_connections_at_once() {
     let (node, _base, _dir) = start("").await;
-    let mut idle = TcpStream::connect(node.local_addr()).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (status, ..) = read_response(&mut idle, &mut Vec::new()).await;
-    assert_eq!(status, 200);
+    let mut idle = kept_alive(node.local_addr()).await;
     let started = std::time::Instant::now();
     node.shutdown().await.expect("clean shutdown");
     // Drained connections are waited for up to 10 s.
