@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use super::connect::{self, RequestBody, ResponseBody};
 use super::error::ConnectError;
-use super::server::handle;
+use super::server::{SUBSCRIBE_PATH, WATCH_PATH, handle};
 use super::state::{ApiState, body_timed_out};
 
 /// What the read buffer starts at and is kept at (hyper's initial size).
@@ -45,10 +45,7 @@ const MAX_KEPT: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
 /// The RPCs that answer with a stream: hyper serves them, and notices when their client
 /// goes away while nothing is being sent.
-const STREAMING_PATHS: [&str; 2] = [
-    "/kvstore.v1.KVStore/Watch",
-    "/kvstore.v1.Replication/Subscribe",
-];
+const STREAMING_PATHS: [&str; 2] = [WATCH_PATH, SUBSCRIBE_PATH];
 
 /// How a connection's time on the fast path ended.
 pub enum Ending {
@@ -101,10 +98,7 @@ where
                 Parsed::Foreign if *stop.borrow() => {
                     // hyper's connections are already draining: one started now would be
                     // cancelled unanswered, so this answer says why instead.
-                    let refusal = connect::error_response(&shutting_down());
-                    if encode(&mut out, refusal, false, true).is_ok() {
-                        let _ = write_out(io, &mut out).await;
-                    }
+                    refuse(io, &mut out, &shutting_down()).await;
                     return Ending::Closed;
                 }
                 Parsed::Foreign => {
@@ -170,10 +164,7 @@ where
                 state.metrics.refused(limit);
                 tracing::debug!("closed: a request was not sent within limits.{limit}");
                 if let Part::Body { .. } = missing {
-                    let refusal = connect::error_response(&body_timed_out(within));
-                    if encode(&mut out, refusal, false, true).is_ok() {
-                        let _ = write_out(io, &mut out).await;
-                    }
+                    refuse(io, &mut out, &body_timed_out(within)).await;
                 }
                 return Ending::Closed;
             }
@@ -182,6 +173,15 @@ where
         if let Ok(0) | Err(_) = read {
             return Ending::Closed;
         }
+    }
+}
+
+/// Send `error` as the connection's last answer, after whatever answers are waiting in `out`.
+async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>, error: &ConnectError) {
+    if encode(out, connect::error_response(error), false, true).is_ok()
+        && write_out(io, out).await.is_ok()
+    {
+        let _ = io.shutdown().await;
     }
 }
 

@@ -310,6 +310,10 @@ async fn plaintext_to_tls_port(mut stream: TcpStream) {
     let _ = tokio::time::timeout(REFUSAL_TIME, answer).await;
 }
 
+/// The streaming RPCs, whose answers are streams.
+pub(super) const WATCH_PATH: &str = "/kvstore.v1.KVStore/Watch";
+pub(super) const SUBSCRIBE_PATH: &str = "/kvstore.v1.Replication/Subscribe";
+
 /// Answer one request, whichever HTTP path read it.
 pub(super) async fn handle(
     state: &Arc<ApiState>,
@@ -320,7 +324,7 @@ pub(super) async fn handle(
     let path = parts.uri.path();
     let headers = &parts.headers;
     let (method_name, result) = match (&parts.method, path) {
-        (&Method::POST, "/kvstore.v1.KVStore/Watch") => (
+        (&Method::POST, WATCH_PATH) => (
             "Watch",
             authorized(
                 state,
@@ -330,7 +334,7 @@ pub(super) async fn handle(
             )
             .await,
         ),
-        (&Method::POST, "/kvstore.v1.Replication/Subscribe") => (
+        (&Method::POST, SUBSCRIBE_PATH) => (
             "Subscribe",
             authorized(
                 state,
