@@ -269,7 +269,11 @@ fn header(
          A timed run lasts {duration} after {warmup} of warm-up on both sides \
          (redis-benchmark counts requests, so a short probe and a {warmup} warm-up size its \
          `-n $N` to last about {duration}). Server and load generator share the machine's \
-         cores on both sides.\n\
+         cores on both sides, with one thread each: Redis serves from one event-loop thread \
+         and redis-benchmark (like wrk `-t 1`) drives it from one, so every wasmkv node runs \
+         with `server.threads: 1` (`WASMKV_SERVER__THREADS=1`) and every `wasmkv bench` with \
+         `--threads 1`. (Both default to a thread per core; on 2 cores that is four busy \
+         threads on two cores, and the scheduler's time slices then show in every p99.)\n\
          - Ratio: wasmkv/Redis for throughput, Redis/wasmkv for latency, memory and time, so \
          ≥ 1.00 always means wasmkv wins. \"target\" marks the targets of issue 4. A figure \
          whose rounds spread 10% or more around its median shows that spread (±N%).\n\

@@ -14,6 +14,13 @@ use serde::Deserialize;
 use super::cmd::{Cmd, Process};
 use super::{Commands, micros};
 
+/// Threads of every node (`server.threads`) and of every `wasmkv bench` run (`--threads`).
+/// Redis serves from one event-loop thread and redis-benchmark drives it from one, so on a
+/// machine whose cores the server and its load generator share, each side gets one thread
+/// and (on 2 cores) a core of its own. With the default of a thread per core on both sides,
+/// four busy threads share two cores and the scheduler's time slices show in every p99.
+pub(super) const THREADS: &str = "1";
+
 /// Where the release binary and the config are.
 pub struct Wasmkv {
     pub bin: PathBuf,
@@ -93,7 +100,8 @@ impl Wasmkv {
         let mut cmd = Cmd::new(&self.bin, "wasmkv");
         cmd.env_as("WASMKV_DATA_DIR", &dir, "$DIR")
             .env_as("WASMKV_SERVER__PORT", port.to_string(), "$PORT")
-            .env("WASMKV_LOG__LEVEL", "warn");
+            .env("WASMKV_LOG__LEVEL", "warn")
+            .env("WASMKV_SERVER__THREADS", THREADS);
         for (key, value) in &env {
             cmd.env(key, value);
         }
@@ -242,7 +250,9 @@ impl Load {
     }
 
     fn args(&self, cmd: &mut Cmd) {
-        cmd.arg("--connections")
+        cmd.arg("--threads")
+            .arg(THREADS)
+            .arg("--connections")
             .arg(self.connections.to_string())
             .arg("--workload")
             .arg(self.workload);
