@@ -34,10 +34,11 @@ impl Wait {
     /// Waiting when the caller sets no deadline.
     const DEFAULT: Duration = Duration::from_secs(10);
 
-    pub fn within(deadline: Option<Duration>) -> Wait {
+    /// For a call that started at `started` (its handler's clock, read once per request).
+    pub fn within(deadline: Option<Duration>, started: Instant) -> Wait {
         let budget = deadline.map_or(Self::DEFAULT, |d| d.mul_f64(0.9));
         Wait {
-            until: Instant::now() + budget,
+            until: started + budget,
         }
     }
 }

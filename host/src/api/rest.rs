@@ -3,7 +3,7 @@
 //! Errors use the same Connect JSON as the RPC routes.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode, header};
@@ -21,6 +21,7 @@ pub async fn kv_route(
     method: &Method,
     path: &str,
     query: Option<&str>,
+    started: Instant,
     headers: &HeaderMap,
     body: RequestBody,
 ) -> Result<Response<ResponseBody>, ConnectError> {
@@ -34,7 +35,7 @@ pub async fn kv_route(
                     key: key.clone(),
                     min_lsn: 0,
                 },
-                kv::Wait::within(None),
+                kv::Wait::within(None, started),
             )
             .await?;
             if !got.found {
@@ -66,7 +67,7 @@ pub async fn kv_route(
                     ttl_ms: ttl.map_or(0, ttl_ms),
                     ..SetRequest::default()
                 },
-                kv::Wait::within(None),
+                kv::Wait::within(None, started),
             )
             .await?;
             Ok(json(serde_json::json!({ "lsn": set.lsn })))

@@ -323,6 +323,7 @@ pub(super) async fn handle(
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let headers = &parts.headers;
+    // The streaming RPCs are boxed for the same reason as the cold methods in `rpc`.
     let (method_name, result) = match (&parts.method, path) {
         (&Method::POST, WATCH_PATH) => (
             "Watch",
@@ -330,7 +331,7 @@ pub(super) async fn handle(
                 state,
                 headers,
                 "Watch",
-                stream_rpc(state, headers, body, false),
+                Box::pin(stream_rpc(state, headers, body, false)),
             )
             .await,
         ),
@@ -340,7 +341,7 @@ pub(super) async fn handle(
                 state,
                 headers,
                 "Subscribe",
-                stream_rpc(state, headers, body, true),
+                Box::pin(stream_rpc(state, headers, body, true)),
             )
             .await,
         ),
@@ -348,7 +349,13 @@ pub(super) async fn handle(
             let name = rpc_name(p);
             (
                 name,
-                authorized(state, headers, name, rpc(state, name, headers, body)).await,
+                authorized(
+                    state,
+                    headers,
+                    name,
+                    rpc(state, name, started, headers, body),
+                )
+                .await,
             )
         }
         (method, p) if p.starts_with(rest::KV_PREFIX) => (
@@ -356,7 +363,7 @@ pub(super) async fn handle(
             match auth::authorize(state, headers, auth::rest_access(method), "this call") {
                 Ok(()) => {
                     let query = parts.uri.query();
-                    rest::kv_route(state, method, p, query, headers, body).await
+                    rest::kv_route(state, method, p, query, started, headers, body).await
                 }
                 Err(e) => Err(e),
             },
@@ -426,6 +433,7 @@ fn rpc_name(path: &str) -> &'static str {
 async fn rpc(
     state: &Arc<ApiState>,
     name: &'static str,
+    started: Instant,
     headers: &http::HeaderMap,
     body: RequestBody,
 ) -> Result<Response<ResponseBody>, ConnectError> {
@@ -447,7 +455,10 @@ async fn rpc(
         ));
     }
     let body = read_request(state, headers, body).await?;
-    let wait = kv::Wait::within(deadline);
+    let wait = kv::Wait::within(deadline, started);
+    // The methods off the data path are boxed: inline, their futures (Snapshot's, Follow's,
+    // ...) set the size of every request's future, which is moved a few times per request
+    // (5.1 KB before, 3.1 KB after).
     let call = async {
         match name {
             "Get" => unary(codec, &body, |r| kv::get(state, r, wait)).await,
@@ -456,24 +467,27 @@ async fn rpc(
             "GetUpdates" => unary(codec, &body, |r| kv::get_updates(state, r)).await,
             "MultiGet" => unary(codec, &body, |r| kv::multi_get(state, r)).await,
             "Write" => unary(codec, &body, |r| kv::write(state, r, wait)).await,
-            "Status" => unary(codec, &body, |r| admin::status(state, r)).await,
-            "Digest" => unary(codec, &body, |r| admin::digest(state, r)).await,
-            "Snapshot" => unary(codec, &body, |r| admin::snapshot(state, r)).await,
+            "Status" => Box::pin(unary(codec, &body, |r| admin::status(state, r))).await,
+            "Digest" => Box::pin(unary(codec, &body, |r| admin::digest(state, r))).await,
+            "Snapshot" => Box::pin(unary(codec, &body, |r| admin::snapshot(state, r))).await,
             "AddReplica" => {
                 let token = auth::bearer(headers);
-                unary(codec, &body, |r| replication::add_replica(state, r, token)).await
+                Box::pin(unary(codec, &body, |r| {
+                    replication::add_replica(state, r, token)
+                }))
+                .await
             }
             "RemoveReplica" => {
                 let token = auth::bearer(headers);
-                unary(codec, &body, |r| {
+                Box::pin(unary(codec, &body, |r| {
                     replication::remove_replica(state, r, token)
-                })
+                }))
                 .await
             }
-            "Promote" => unary(codec, &body, |r| replication::promote(state, r)).await,
-            "Follow" => unary(codec, &body, |r| replication::follow(state, r)).await,
-            "Ack" => unary(codec, &body, |r| replication::ack(state, r)).await,
-            "ListPlugins" => unary(codec, &body, |r| admin::list_plugins(state, r)).await,
+            "Promote" => Box::pin(unary(codec, &body, |r| replication::promote(state, r))).await,
+            "Follow" => Box::pin(unary(codec, &body, |r| replication::follow(state, r))).await,
+            "Ack" => Box::pin(unary(codec, &body, |r| replication::ack(state, r))).await,
+            "ListPlugins" => Box::pin(unary(codec, &body, |r| admin::list_plugins(state, r))).await,
             _ => unreachable!("rpc_name returns only the names above"),
         }
     };
