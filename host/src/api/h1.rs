@@ -275,9 +275,7 @@ impl WholeRequest {
         let uri = Uri::from_maybe_shared(head.slice(self.path.start..self.path.end)).ok()?;
         let mut headers = HeaderMap::with_capacity(self.header_count);
         for (name, value) in &fields[..self.header_count] {
-            // As hyper does: httparse lets only token characters into a name.
-            let name = HeaderName::from_bytes(&head[name.start..name.end])
-                .expect("httparse checked the header name");
+            let name = header_name(&head[name.start..name.end]);
             let value = HeaderValue::from_maybe_shared(head.slice(value.start..value.end))
                 .expect("parse checked the header value");
             headers.append(name, value);
@@ -288,6 +286,23 @@ impl WholeRequest {
         *request.headers_mut() = headers;
         Some(request)
     }
+}
+
+/// Connect's own request headers, which `http` does not know: `HeaderName::from_bytes` would
+/// allocate a lower-cased copy of such a name for every request that sends it.
+static CONNECT_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("connect-protocol-version"),
+    HeaderName::from_static("connect-timeout-ms"),
+];
+
+/// The name of a header line, in any case.
+fn header_name(raw: &[u8]) -> HeaderName {
+    CONNECT_HEADERS
+        .iter()
+        .find(|known| known.as_str().as_bytes().eq_ignore_ascii_case(raw))
+        .cloned()
+        // As hyper does: httparse lets only token characters into a name.
+        .unwrap_or_else(|| HeaderName::from_bytes(raw).expect("httparse checked the header name"))
 }
 
 /// Parse the request at the front of `buf`, deciding whether this loop serves it.
@@ -525,7 +540,7 @@ mod tests {
     fn a_whole_request_becomes_an_http_request_sharing_the_buffer() {
         let raw = b"POST /kvstore.v1.KVStore/Get?x=1 HTTP/1.1\r\nHost: a\r\n\
                     Content-Type: application/cbor\r\nContent-Length: 3\r\n\
-                    Connect-Timeout-Ms: 50\r\n\r\nabcGET /next";
+                    Connect-Timeout-Ms: 50\r\nconnect-protocol-version: 1\r\n\r\nabcGET /next";
         let mut buf = BytesMut::from(&raw[..]);
         let mut fields = no_fields();
         let Parsed::Whole(parsed) = parse(&buf, &mut fields) else {
@@ -538,7 +553,8 @@ mod tests {
         assert_eq!(request.uri().query(), Some("x=1"));
         assert_eq!(request.headers()["content-type"], "application/cbor");
         assert_eq!(request.headers()["connect-timeout-ms"], "50");
-        assert_eq!(request.headers().len(), 4);
+        assert_eq!(request.headers()["connect-protocol-version"], "1");
+        assert_eq!(request.headers().len(), 5);
         let RequestBody::Whole(body) = request.into_body() else {
             panic!("the fast path passes the whole body");
         };
