@@ -2,7 +2,9 @@
 //! by the only methods that change them.
 
 use foldhash::fast::RandomState;
-use indexmap::{IndexSet, set::MutableValues};
+use std::hash::{Hash, Hasher};
+
+use indexmap::{Equivalent, IndexSet, set::MutableValues};
 use parking_lot::RwLock;
 
 use super::entry::Entry;
@@ -62,6 +64,19 @@ impl ShardData {
 
     pub(super) fn get(&self, key: &[u8]) -> Option<&Entry> {
         self.map.get(key)
+    }
+
+    /// Where `key`'s entry is, if stored, found from the table alone: the first entry whose
+    /// hash tag matches, which may be another key's (the caller compares keys, and looks up
+    /// with [`ShardData::get`] if it is). `None` means `key` is not stored. Reads no entry, so
+    /// that a batch can find all its slots before it waits for any entry to arrive.
+    pub(super) fn slot_of(&self, key: &[u8]) -> Option<usize> {
+        self.map.get_index_of(&TagMatch(key))
+    }
+
+    /// The entry in `slot`.
+    pub(super) fn entry_at(&self, slot: usize) -> Option<&Entry> {
+        self.map.get_index(slot)
     }
 
     /// Every stored entry, in map order.
@@ -133,6 +148,23 @@ impl ShardData {
     }
 }
 
+/// A key that hashes as its entry does but equals every entry it is compared with, so that
+/// a lookup stops at the first entry whose 7-bit hash tag matches without reading it.
+struct TagMatch<'a>(&'a [u8]);
+
+impl Hash for TagMatch<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `Entry` hashes its key.
+        self.0.hash(state);
+    }
+}
+
+impl Equivalent<Entry> for TagMatch<'_> {
+    fn equivalent(&self, _: &Entry) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::entry::entry_cost;
@@ -158,6 +190,40 @@ mod tests {
             .map(|e| entry_cost(e.key().len(), e.value().len()))
             .sum();
         assert_eq!(data.memory, memory);
+    }
+
+    #[test]
+    fn a_slot_found_by_hash_tag_holds_the_key_or_one_sharing_its_tag() {
+        let mut data = ShardData::new();
+        for i in 0..5_000u64 {
+            data.set(format!("key:{i:012}").as_bytes(), b"v", 0, i, 0);
+        }
+        // A 7-bit tag is shared by about one entry in 128, so among 5,000 keys some slots
+        // found for a stored key hold another key first, and some absent keys find a slot.
+        let (mut stored_elsewhere, mut absent_with_slot) = (0, 0);
+        for i in 0..5_000u64 {
+            let key = format!("key:{i:012}");
+            let slot = data
+                .slot_of(key.as_bytes())
+                .expect("a stored key has a slot");
+            if data.entry_at(slot).expect("a slot holds an entry").key() != key.as_bytes() {
+                stored_elsewhere += 1;
+                assert!(data.get(key.as_bytes()).is_some());
+            }
+            let absent = format!("absent:{i:012}");
+            if let Some(slot) = data.slot_of(absent.as_bytes()) {
+                absent_with_slot += 1;
+                assert_ne!(data.entry_at(slot).map(Entry::key), Some(absent.as_bytes()));
+            }
+        }
+        assert!(
+            stored_elsewhere > 0,
+            "no stored key met another with its tag first"
+        );
+        assert!(
+            absent_with_slot > 0,
+            "no absent key shared a stored key's tag"
+        );
     }
 
     #[test]
