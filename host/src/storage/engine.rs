@@ -111,10 +111,17 @@ impl Engine {
         let tick = self.clock.now_tick();
         let mut values = BytesMut::new();
         let mut found = Vec::with_capacity(keys.len());
-        for (n, chunk) in keys.chunks(LOOKUP_CHUNK).enumerate() {
-            let keys_left = keys.len() - n * LOOKUP_CHUNK;
-            self.read_chunk(chunk, now_ms, tick, keys_left, &mut values, &mut found);
-        }
+        self.visit_many(keys, now_ms, |i, entry| {
+            found.push(entry.map(|entry| {
+                entry.touch(tick);
+                if values.capacity() == 0 {
+                    values.reserve(first_reserve(entry.value().len(), keys.len() - i));
+                }
+                let start = values.len();
+                values.extend_from_slice(entry.value());
+                (start..values.len(), entry.version, entry.expires_at_ms)
+            }));
+        });
         let values = values.freeze();
         found
             .into_iter()
@@ -128,77 +135,75 @@ impl Engine {
             .collect()
     }
 
-    /// Look `keys` up for [`Engine::get_many`]: each value found is appended to `values`, and
-    /// where it lies there, its version and its expiry to `found`.
+    /// Bring the entries of `keys` into the CPU's cache, as [`Engine::get_many`] looks them
+    /// up, without reading or changing them: a batch of writes then finds every key it
+    /// overwrites there, where one lookup after another would wait for each in turn.
+    pub fn warm<K: AsRef<[u8]>>(&self, keys: &[K]) {
+        self.visit_many(keys, 0, |_, _| {});
+    }
+
+    /// Call `visit(i, entry)` with the live entry of each of `keys`, in order.
     ///
     /// A lookup in a large map is three dependent cache misses (the table slot, the entry,
-    /// its key and value), and one key after another they add up. So the chunk takes the read
-    /// lock of every shard it touches first, and then looks its keys up in passes of plain
-    /// loads that the CPU can overlap across keys: each key's slot in its shard's table, then
-    /// the entries in those slots, then their keys and values (a lock taken per key would be
-    /// an atomic read-modify-write, a full fence on x86, between one key's misses and the
-    /// next). The locks are taken in shard order, so two batches never wait for each other
-    /// (every other caller holds one shard lock at a time), and for one chunk only, so a
-    /// large batch never holds writers up for long.
-    fn read_chunk<K: AsRef<[u8]>>(
+    /// its key and value), and one key after another they add up. So each chunk of keys takes
+    /// the read lock of every shard it touches first, and then looks its keys up in passes of
+    /// plain loads that the CPU can overlap across keys: each key's slot in its shard's table,
+    /// then the entries in those slots, then their keys (a lock taken per key would be an
+    /// atomic read-modify-write, a full fence on x86, between one key's misses and the next).
+    /// The locks are taken in shard order, so two batches never wait for each other (every
+    /// other caller holds one shard lock at a time), and for one chunk only, so a large batch
+    /// never holds writers up for long. `now_ms` 0 counts nothing as expired.
+    fn visit_many<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
         now_ms: u64,
-        tick: u32,
-        keys_left: usize,
-        values: &mut BytesMut,
-        found: &mut Vec<Option<(std::ops::Range<usize>, u64, u64)>>,
+        mut visit: impl FnMut(usize, Option<&Entry>),
     ) {
-        let shard_of_key: SmallVec<[usize; LOOKUP_CHUNK]> =
-            keys.iter().map(|k| self.shard_index(k.as_ref())).collect();
-        let mut locked = shard_of_key.clone();
-        locked.sort_unstable();
-        locked.dedup();
-        let guards: SmallVec<[_; LOOKUP_CHUNK]> =
-            locked.iter().map(|&i| self.shards[i].0.read()).collect();
-        let data_of = |shard: usize| -> &ShardData {
-            &guards[locked
-                .binary_search(&shard)
-                .expect("every key's shard is locked")]
-        };
-        let slots: SmallVec<[Option<usize>; LOOKUP_CHUNK]> = keys
-            .iter()
-            .zip(&shard_of_key)
-            .map(|(key, &shard)| data_of(shard).slot_of(key.as_ref()))
-            .collect();
-        // The candidate entries' own fields: what brings each entry's line in.
-        let candidates: SmallVec<[Option<(&Entry, bool)>; LOOKUP_CHUNK]> = slots
-            .iter()
-            .zip(&shard_of_key)
-            .map(|(slot, &shard)| {
-                let entry = data_of(shard).entry_at((*slot)?)?;
-                Some((entry, entry.is_expired(now_ms)))
-            })
-            .collect();
-        let answers = keys.iter().zip(shard_of_key.iter().zip(candidates));
-        for (i, (key, (&shard, candidate))) in answers.enumerate() {
-            let key = key.as_ref();
-            let entry = candidate.and_then(|(entry, expired)| {
-                if entry.key() == key {
-                    Some((entry, expired))
-                } else {
-                    // Another key with the same hash tag came first.
-                    let entry = data_of(shard).get(key)?;
+        for (n, chunk) in keys.chunks(LOOKUP_CHUNK).enumerate() {
+            let shard_of_key: SmallVec<[usize; LOOKUP_CHUNK]> =
+                chunk.iter().map(|k| self.shard_index(k.as_ref())).collect();
+            let mut locked = shard_of_key.clone();
+            locked.sort_unstable();
+            locked.dedup();
+            let guards: SmallVec<[_; LOOKUP_CHUNK]> =
+                locked.iter().map(|&i| self.shards[i].0.read()).collect();
+            let data_of = |shard: usize| -> &ShardData {
+                &guards[locked
+                    .binary_search(&shard)
+                    .expect("every key's shard is locked")]
+            };
+            let slots: SmallVec<[Option<usize>; LOOKUP_CHUNK]> = chunk
+                .iter()
+                .zip(&shard_of_key)
+                .map(|(key, &shard)| data_of(shard).slot_of(key.as_ref()))
+                .collect();
+            // The candidate entries' own fields: what brings each entry's line in.
+            let candidates: SmallVec<[Option<(&Entry, bool)>; LOOKUP_CHUNK]> = slots
+                .iter()
+                .zip(&shard_of_key)
+                .map(|(slot, &shard)| {
+                    let entry = data_of(shard).entry_at((*slot)?)?;
                     Some((entry, entry.is_expired(now_ms)))
-                }
-            });
-            found.push(match entry {
-                Some((entry, false)) => {
-                    entry.touch(tick);
-                    if values.capacity() == 0 {
-                        values.reserve(first_reserve(entry.value().len(), keys_left - i));
+                })
+                .collect();
+            let answers = chunk.iter().zip(shard_of_key.iter().zip(candidates));
+            for (i, (key, (&shard, candidate))) in answers.enumerate() {
+                let key = key.as_ref();
+                let entry = candidate.and_then(|(entry, expired)| {
+                    if entry.key() == key {
+                        Some((entry, expired))
+                    } else {
+                        // Another key with the same hash tag came first.
+                        let entry = data_of(shard).get(key)?;
+                        Some((entry, entry.is_expired(now_ms)))
                     }
-                    let start = values.len();
-                    values.extend_from_slice(entry.value());
-                    Some((start..values.len(), entry.version, entry.expires_at_ms))
-                }
-                _ => None,
-            });
+                });
+                let live = match entry {
+                    Some((entry, false)) => Some(entry),
+                    _ => None,
+                };
+                visit(n * LOOKUP_CHUNK + i, live);
+            }
         }
     }
 
@@ -528,6 +533,16 @@ mod tests {
         }
         assert_eq!(e.candidate(b"k").expect("stored").hits, 5);
         e.get(b"k", 0);
+        assert_eq!(e.candidate(b"k").expect("stored").hits, 6);
+    }
+
+    #[test]
+    fn warming_neither_counts_as_an_access_nor_changes_anything() {
+        let e = engine(4);
+        e.set(&b("k"), &b("v"), 0, 1);
+        e.warm(&["k", "missing", "k"]);
+        assert_eq!(e.candidate(b"k").expect("stored").hits, 5);
+        assert_eq!((e.len(), e.get(b"k", 0)), (1, Some(item("v", 1, 0))));
         assert_eq!(e.candidate(b"k").expect("stored").hits, 6);
     }
 
