@@ -10,12 +10,6 @@ use crate::wal::{Command, MutationRef};
 /// delete, so applying a record twice (snapshot + replay overlap) is harmless. The engine
 /// copies keys and values into its own allocations, so the command is only borrowed.
 pub fn apply(engine: &Engine, lsn: u64, command: &Command) {
-    if let Command::Batch(mutations) = command {
-        // One key after another, each write would wait for its key's entry to come from
-        // memory; warmed together, those waits overlap.
-        let keys: SmallVec<[&[u8]; 32]> = mutations.iter().map(|m| &m.key()[..]).collect();
-        engine.warm(&keys);
-    }
     command.for_each_mutation(|mutation| match mutation {
         MutationRef::Set {
             key,
@@ -28,4 +22,16 @@ pub fn apply(engine: &Engine, lsn: u64, command: &Command) {
             engine.delete(key);
         }
     });
+}
+
+/// Bring the entries a batch is about to overwrite into the CPU's cache, all at once: applied
+/// one key after another, each write would wait for its key's entry to come from memory in
+/// turn. For live writes only: a replay at start-up mostly inserts keys that are not stored
+/// yet, and there warming cost more than it saved (restart with 1M keys, median of five:
+/// 749 ms without, 961 ms with).
+pub fn warm(engine: &Engine, command: &Command) {
+    if let Command::Batch(mutations) = command {
+        let keys: SmallVec<[&[u8]; 32]> = mutations.iter().map(|m| &m.key()[..]).collect();
+        engine.warm(&keys);
+    }
 }

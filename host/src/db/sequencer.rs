@@ -246,6 +246,7 @@ impl Sequencer {
                     self.overlay.remove(key);
                 }
             });
+            apply::warm(engine, &record.command);
             apply::apply(engine, record.lsn, &record.command);
             last = Some(record.lsn);
         }
