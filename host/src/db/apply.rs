@@ -3,7 +3,7 @@
 
 use smallvec::SmallVec;
 
-use crate::storage::Engine;
+use crate::storage::{Engine, LOOKUP_CHUNK};
 use crate::wal::{Command, MutationRef};
 
 /// Apply `command`, logged at `lsn`, to `engine`. Every effect is an absolute overwrite or
@@ -31,7 +31,11 @@ pub fn apply(engine: &Engine, lsn: u64, command: &Command) {
 /// 749 ms without, 961 ms with).
 pub fn warm(engine: &Engine, command: &Command) {
     if let Command::Batch(mutations) = command {
-        let keys: SmallVec<[&[u8]; 32]> = mutations.iter().map(|m| &m.key()[..]).collect();
-        engine.warm(&keys);
+        // A chunk at a time, as the engine looks them up, so that no batch allocates here.
+        for chunk in mutations.chunks(LOOKUP_CHUNK) {
+            let keys: SmallVec<[&[u8]; LOOKUP_CHUNK]> =
+                chunk.iter().map(|m| &m.key()[..]).collect();
+            engine.warm(&keys);
+        }
     }
 }

@@ -371,8 +371,9 @@ impl fmt::Debug for Engine {
     }
 }
 
-/// Keys [`Engine::get_many`] looks up together, holding their shards' locks.
-const LOOKUP_CHUNK: usize = 32;
+/// Keys [`Engine::get_many`] and [`Engine::warm`] look up together, holding their shards'
+/// locks.
+pub const LOOKUP_CHUNK: usize = 32;
 
 /// Most bytes [`Engine::get_many`] reserves before it knows the sizes of the other values.
 const MAX_FIRST_RESERVE: usize = 64 << 10;
