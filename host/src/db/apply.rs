@@ -1,9 +1,7 @@
 //! Applying a logged command to the in-memory engine. The one function used both for live
 //! writes (after they commit) and for replay at start-up, so the two cannot disagree.
 
-use smallvec::SmallVec;
-
-use crate::storage::{Engine, LOOKUP_CHUNK};
+use crate::storage::Engine;
 use crate::wal::{Command, MutationRef};
 
 /// Apply `command`, logged at `lsn`, to `engine`. Every effect is an absolute overwrite or
@@ -31,11 +29,6 @@ pub fn apply(engine: &Engine, lsn: u64, command: &Command) {
 /// 749 ms without, 961 ms with).
 pub fn warm(engine: &Engine, command: &Command) {
     if let Command::Batch(mutations) = command {
-        // A chunk at a time, as the engine looks them up, so that no batch allocates here.
-        for chunk in mutations.chunks(LOOKUP_CHUNK) {
-            let keys: SmallVec<[&[u8]; LOOKUP_CHUNK]> =
-                chunk.iter().map(|m| &m.key()[..]).collect();
-            engine.warm(&keys);
-        }
+        engine.warm(mutations, |m| m.key());
     }
 }

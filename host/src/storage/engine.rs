@@ -111,7 +111,7 @@ impl Engine {
         let tick = self.clock.now_tick();
         let mut values = BytesMut::new();
         let mut found = Vec::with_capacity(keys.len());
-        self.visit_many(keys, now_ms, |i, entry| {
+        self.visit_many(keys, AsRef::as_ref, now_ms, |i, entry| {
             found.push(entry.map(|entry| {
                 entry.touch(tick);
                 if values.capacity() == 0 {
@@ -138,11 +138,11 @@ impl Engine {
     /// Bring the entries of `keys` into the CPU's cache, as [`Engine::get_many`] looks them
     /// up, without reading or changing them: a batch of writes then finds every key it
     /// overwrites there, where one lookup after another would wait for each in turn.
-    pub fn warm<K: AsRef<[u8]>>(&self, keys: &[K]) {
-        self.visit_many(keys, 0, |_, _| {});
+    pub fn warm<T>(&self, items: &[T], key: impl Fn(&T) -> &[u8]) {
+        self.visit_many(items, key, 0, |_, _| {});
     }
 
-    /// Call `visit(i, entry)` with the live entry of each of `keys`, in order.
+    /// Call `visit(i, entry)` with the live entry of each of `items`' keys, in order.
     ///
     /// A lookup in a large map is three dependent cache misses (the table slot, the entry,
     /// its key and value), and one key after another they add up. So each chunk of keys takes
@@ -153,15 +153,18 @@ impl Engine {
     /// The locks are taken in shard order, so two batches never wait for each other (every
     /// other caller holds one shard lock at a time), and for one chunk only, so a large batch
     /// never holds writers up for long. `now_ms` 0 counts nothing as expired.
-    fn visit_many<K: AsRef<[u8]>>(
+    fn visit_many<T>(
         &self,
-        keys: &[K],
+        items: &[T],
+        key_of: impl Fn(&T) -> &[u8],
         now_ms: u64,
         mut visit: impl FnMut(usize, Option<&Entry>),
     ) {
-        for (n, chunk) in keys.chunks(LOOKUP_CHUNK).enumerate() {
-            let shard_of_key: SmallVec<[usize; LOOKUP_CHUNK]> =
-                chunk.iter().map(|k| self.shard_index(k.as_ref())).collect();
+        for (n, chunk) in items.chunks(LOOKUP_CHUNK).enumerate() {
+            let shard_of_key: SmallVec<[usize; LOOKUP_CHUNK]> = chunk
+                .iter()
+                .map(|item| self.shard_index(key_of(item)))
+                .collect();
             let mut locked = shard_of_key.clone();
             locked.sort_unstable();
             locked.dedup();
@@ -175,7 +178,7 @@ impl Engine {
             let slots: SmallVec<[Option<usize>; LOOKUP_CHUNK]> = chunk
                 .iter()
                 .zip(&shard_of_key)
-                .map(|(key, &shard)| data_of(shard).slot_of(key.as_ref()))
+                .map(|(item, &shard)| data_of(shard).slot_of(key_of(item)))
                 .collect();
             // The candidate entries' own fields: what brings each entry's line in.
             let candidates: SmallVec<[Option<(&Entry, bool)>; LOOKUP_CHUNK]> = slots
@@ -187,8 +190,8 @@ impl Engine {
                 })
                 .collect();
             let answers = chunk.iter().zip(shard_of_key.iter().zip(candidates));
-            for (i, (key, (&shard, candidate))) in answers.enumerate() {
-                let key = key.as_ref();
+            for (i, (item, (&shard, candidate))) in answers.enumerate() {
+                let key = key_of(item);
                 let entry = candidate.and_then(|(entry, expired)| {
                     if entry.key() == key {
                         Some((entry, expired))
@@ -373,7 +376,7 @@ impl fmt::Debug for Engine {
 
 /// Keys [`Engine::get_many`] and [`Engine::warm`] look up together, holding their shards'
 /// locks.
-pub const LOOKUP_CHUNK: usize = 32;
+const LOOKUP_CHUNK: usize = 32;
 
 /// Most bytes [`Engine::get_many`] reserves before it knows the sizes of the other values.
 const MAX_FIRST_RESERVE: usize = 64 << 10;
@@ -541,7 +544,7 @@ mod tests {
     fn warming_neither_counts_as_an_access_nor_changes_anything() {
         let e = engine(4);
         e.set(&b("k"), &b("v"), 0, 1);
-        e.warm(&["k", "missing", "k"]);
+        e.warm(&["k", "missing", "k"], |k| k.as_bytes());
         assert_eq!(e.candidate(b"k").expect("stored").hits, 5);
         assert_eq!((e.len(), e.get(b"k", 0)), (1, Some(item("v", 1, 0))));
         assert_eq!(e.candidate(b"k").expect("stored").hits, 6);

@@ -22,7 +22,7 @@ mod sample;
 mod shard;
 
 pub use digest::Digest;
-pub use engine::{Engine, EngineOptions, Item, LOOKUP_CHUNK, Peek, SnapshotEntry};
+pub use engine::{Engine, EngineOptions, Item, Peek, SnapshotEntry};
 pub use entry::{ENTRY_OVERHEAD, entry_cost};
 pub use eviction::{Candidate, EvictionError, EvictionPolicy};
 pub use evictor::{DEFAULT_SAMPLE, Evictor, POOL_SIZE};

@@ -1,9 +1,9 @@
 //! One shard's data: its map, its index of keys with a TTL and its memory tally, kept in sync
 //! by the only methods that change them.
 
-use foldhash::fast::RandomState;
 use std::hash::{Hash, Hasher};
 
+use foldhash::fast::RandomState;
 use indexmap::{Equivalent, IndexSet, set::MutableValues};
 use parking_lot::RwLock;
 
