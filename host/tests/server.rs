@@ -941,10 +941,15 @@ async fn a_request_for_hyper_during_shutdown_is_told_why() {
     let (node, _base, _dir) = start("").await;
     let addr = node.local_addr();
     let mut conn = TcpStream::connect(addr).await.unwrap();
-    // Half a head: the connection is not idle, so shutdown lets it finish its request.
-    conn.write_all(b"PUT /v1/kv/x HTTP/1.1\r\nhost: t\r\n")
+    // Half a head: the connection is not idle, so shutdown lets it finish its request. It
+    // follows a whole request in the same write, whose answer shows that the node has read
+    // both: a head still in flight when shutdown began would find the connection idle.
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\nPUT /v1/kv/x HTTP/1.1\r\nhost: t\r\n")
         .await
         .unwrap();
+    let mut pending = Vec::new();
+    let (status, head, _) = read_response(&mut conn, &mut pending).await;
+    assert_eq!(status, 200, "{head}");
     let shutdown = tokio::spawn(node.shutdown());
     wait_for(
         "the node to stop accepting",
@@ -955,7 +960,7 @@ async fn a_request_for_hyper_during_shutdown_is_told_why() {
     conn.write_all(b"transfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n")
         .await
         .unwrap();
-    let (status, head, body) = read_response(&mut conn, &mut Vec::new()).await;
+    let (status, head, body) = read_response(&mut conn, &mut pending).await;
     assert_eq!(status, 503, "{head}");
     assert!(head.contains("connection: close\r\n"), "{head}");
     assert!(
