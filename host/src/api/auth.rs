@@ -1,9 +1,10 @@
 //! Who may call what: the bearer token of a request checked against the node's tokens, and
 //! the access each route needs.
 
-use http::{HeaderMap, Method, header};
+use http::{Method, header};
 
 use super::error::{Code, ConnectError};
+use super::head::Headers;
 use super::state::ApiState;
 use crate::auth::Access;
 
@@ -28,8 +29,8 @@ pub fn rest_access(method: &Method) -> Access {
 }
 
 /// The token of `Authorization: Bearer <token>`, if the request has one.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+pub fn bearer(headers: &dyn Headers) -> Option<&str> {
+    let value = headers.text(&header::AUTHORIZATION)?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -42,7 +43,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// a message or a log line.
 pub fn authorize(
     state: &ApiState,
-    headers: &HeaderMap,
+    headers: &dyn Headers,
     access: Access,
     method: &str,
 ) -> Result<(), ConnectError> {
@@ -84,6 +85,7 @@ pub fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive_and_the_token_required() {

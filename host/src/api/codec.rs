@@ -60,7 +60,13 @@ impl Codec {
     /// without regard to case (media types are case-insensitive) and without parameters.
     /// Compared in place: this runs on every request.
     fn from_media_type(content_type: &str, prefix: &str) -> Option<Codec> {
-        let media_type = content_type.split(';').next().unwrap_or_default().trim();
+        // Up to the parameters, if any; a plain loop, as the value is short (`split` set up a
+        // searcher per request).
+        let end = content_type
+            .bytes()
+            .position(|b| b == b';')
+            .unwrap_or(content_type.len());
+        let media_type = content_type[..end].trim_ascii();
         let (head, name) = media_type.split_at_checked(prefix.len())?;
         if !head.eq_ignore_ascii_case(prefix) {
             return None;

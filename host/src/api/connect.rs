@@ -12,13 +12,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::mpsc;
 
 use super::codec::{Codec, WireMessage};
 use super::error::{Code, ConnectError};
+use super::head::{CONNECT_TIMEOUT_MS, Headers};
 
 /// The body of every response: one whole message, or the envelopes of a stream as they are
 /// sent on the channel. An enum, not a boxed body: the box was one more allocation on every
@@ -111,11 +112,8 @@ pub fn message_response<T: WireMessage>(codec: Codec, message: &T) -> Response<R
 }
 
 /// The codec a unary request asks for; a missing or unsupported type is a clear error.
-pub fn unary_codec(headers: &HeaderMap) -> Result<Codec, ConnectError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+pub fn unary_codec(headers: &dyn Headers) -> Result<Codec, ConnectError> {
+    let content_type = headers.text(&header::CONTENT_TYPE).unwrap_or("");
     Codec::from_unary_content_type(content_type).ok_or_else(|| {
         ConnectError::invalid_argument(format!(
             "unsupported Content-Type {content_type:?}: use application/cbor, \
@@ -125,11 +123,8 @@ pub fn unary_codec(headers: &HeaderMap) -> Result<Codec, ConnectError> {
 }
 
 /// The codec of a server-streaming request (`application/connect+<codec>`).
-pub fn stream_codec(headers: &HeaderMap) -> Result<Codec, ConnectError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+pub fn stream_codec(headers: &dyn Headers) -> Result<Codec, ConnectError> {
+    let content_type = headers.text(&header::CONTENT_TYPE).unwrap_or("");
     Codec::from_stream_content_type(content_type).ok_or_else(|| {
         ConnectError::invalid_argument(format!(
             "unsupported Content-Type {content_type:?} for a streaming method: use \
@@ -139,12 +134,11 @@ pub fn stream_codec(headers: &HeaderMap) -> Result<Codec, ConnectError> {
 }
 
 /// The deadline a client set with `Connect-Timeout-Ms` (at most 10 digits, per the protocol).
-pub fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, ConnectError> {
-    let Some(value) = headers.get("connect-timeout-ms") else {
+pub fn timeout(headers: &dyn Headers) -> Result<Option<Duration>, ConnectError> {
+    let Some(value) = headers.raw(&CONNECT_TIMEOUT_MS) else {
         return Ok(None);
     };
-    value
-        .to_str()
+    std::str::from_utf8(value)
         .ok()
         .filter(|v| !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<u64>().ok())
@@ -152,7 +146,8 @@ pub fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, ConnectError> {
         .ok_or_else(|| {
             ConnectError::invalid_argument(format!(
                 "Connect-Timeout-Ms must be a whole number of milliseconds (at most 10 digits), \
-                 got {value:?}"
+                 got {:?}",
+                String::from_utf8_lossy(value)
             ))
         })
 }
@@ -161,7 +156,7 @@ pub fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, ConnectError> {
 /// declared `Content-Length` over the limit is refused before anything is read; otherwise
 /// reading stops as soon as the limit is passed.
 pub async fn read_body<B>(
-    headers: &HeaderMap,
+    headers: &dyn Headers,
     body: B,
     limit: usize,
     limit_name: &str,
@@ -172,8 +167,7 @@ where
 {
     let too_large = || too_large(limit, limit_name);
     let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+        .text(&header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
@@ -273,6 +267,8 @@ pub fn stream_response_headers(codec: Codec) -> [(header::HeaderName, HeaderValu
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
+
+    use http::HeaderMap;
 
     use super::*;
     use crate::api::proto::{GetRequest, GetResponse};

@@ -22,14 +22,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
-};
+use http::uri::PathAndQuery;
+use http::{HeaderName, Method, Response, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 use super::connect::{self, RequestBody, ResponseBody};
 use super::error::ConnectError;
+use super::head::{Head, Headers};
 use super::server::{SUBSCRIBE_PATH, WATCH_PATH, handle};
 use super::state::{ApiState, body_timed_out};
 
@@ -110,8 +110,15 @@ where
             };
             let close = request.close || *stop.borrow();
             let head_only = request.method == Method::HEAD;
-            let (response, close) = match request.into_http(&mut buf, &fields) {
-                Some(request) => (handle(state, request).await, close),
+            let (response, close) = match request.take(&mut buf) {
+                Some((target, head, body)) => {
+                    let lines = Lines {
+                        head: &head,
+                        fields: &fields[..request.header_count],
+                    };
+                    let head = request.head(&target, &lines);
+                    (handle(state, head, RequestBody::Whole(body)).await, close)
+                }
                 None => (bad_request(), true),
             };
             if encode(&mut out, response, head_only, close).is_err() || close {
@@ -266,43 +273,41 @@ struct WholeRequest {
 }
 
 impl WholeRequest {
-    /// Take the request off the front of `buf`; `None` if its target is not a URI. The
-    /// header values and the body share the buffer's memory, which is reclaimed once they are
-    /// dropped.
-    fn into_http(self, buf: &mut BytesMut, fields: &Fields) -> Option<Request<RequestBody>> {
+    /// Take the request off the front of `buf`: its target, head and body, which share the
+    /// buffer's memory (reclaimed once they are dropped). `None` if its target is not a URI.
+    fn take(&self, buf: &mut BytesMut) -> Option<(PathAndQuery, Bytes, Bytes)> {
         let head = buf.split_to(self.head_len).freeze();
         let body = buf.split_to(self.body_len).freeze();
-        let uri = Uri::from_maybe_shared(head.slice(self.path.start..self.path.end)).ok()?;
-        let mut headers = HeaderMap::with_capacity(self.header_count);
-        for (name, value) in &fields[..self.header_count] {
-            let name = header_name(&head[name.start..name.end]);
-            let value = HeaderValue::from_maybe_shared(head.slice(value.start..value.end))
-                .expect("parse checked the header value");
-            headers.append(name, value);
+        // Parsed as hyper parses it, so a target is refused on both paths alike.
+        let target = PathAndQuery::from_maybe_shared(head.slice(self.path.start..self.path.end));
+        Some((target.ok()?, head, body))
+    }
+
+    /// The request as its handler reads it.
+    fn head<'a>(&'a self, target: &'a PathAndQuery, lines: &'a Lines<'a>) -> Head<'a> {
+        Head {
+            method: &self.method,
+            path: target.path(),
+            query: target.query(),
+            headers: lines,
         }
-        let mut request = Request::new(RequestBody::Whole(body));
-        *request.method_mut() = self.method;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        Some(request)
     }
 }
 
-/// Connect's own request headers, which `http` does not know: `HeaderName::from_bytes` would
-/// allocate a lower-cased copy of such a name for every request that sends it.
-static CONNECT_HEADERS: [HeaderName; 2] = [
-    HeaderName::from_static("connect-protocol-version"),
-    HeaderName::from_static("connect-timeout-ms"),
-];
+/// The header lines of a request taken off the buffer, read where they lie.
+struct Lines<'a> {
+    head: &'a [u8],
+    fields: &'a [(Span, Span)],
+}
 
-/// The name of a header line, in any case.
-fn header_name(raw: &[u8]) -> HeaderName {
-    CONNECT_HEADERS
-        .iter()
-        .find(|known| known.as_str().as_bytes().eq_ignore_ascii_case(raw))
-        .cloned()
-        // As hyper does: httparse lets only token characters into a name.
-        .unwrap_or_else(|| HeaderName::from_bytes(raw).expect("httparse checked the header name"))
+impl Headers for Lines<'_> {
+    fn raw(&self, name: &HeaderName) -> Option<&[u8]> {
+        let name = name.as_str().as_bytes();
+        self.fields
+            .iter()
+            .find(|(line, _)| self.head[line.start..line.end].eq_ignore_ascii_case(name))
+            .map(|(_, value)| &self.head[value.start..value.end])
+    }
 }
 
 /// Parse the request at the front of `buf`, deciding whether this loop serves it.
@@ -519,6 +524,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::head::CONNECT_TIMEOUT_MS;
 
     fn no_fields() -> Fields {
         [(Span::default(), Span::default()); MAX_HEADERS]
@@ -537,27 +543,35 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_request_becomes_an_http_request_sharing_the_buffer() {
+    fn a_whole_request_is_read_in_place_and_leaves_the_next_in_the_buffer() {
         let raw = b"POST /kvstore.v1.KVStore/Get?x=1 HTTP/1.1\r\nHost: a\r\n\
                     Content-Type: application/cbor\r\nContent-Length: 3\r\n\
-                    Connect-Timeout-Ms: 50\r\nconnect-protocol-version: 1\r\n\r\nabcGET /next";
+                    Connect-Timeout-Ms: 50\r\nconnect-protocol-version: 1\r\n\
+                    content-type: text/plain\r\n\r\nabcGET /next";
         let mut buf = BytesMut::from(&raw[..]);
         let mut fields = no_fields();
         let Parsed::Whole(parsed) = parse(&buf, &mut fields) else {
             panic!("a whole request");
         };
         assert!(!parsed.close);
-        let request = parsed.into_http(&mut buf, &fields).expect("a valid target");
-        assert_eq!(request.method(), Method::POST);
-        assert_eq!(request.uri().path(), "/kvstore.v1.KVStore/Get");
-        assert_eq!(request.uri().query(), Some("x=1"));
-        assert_eq!(request.headers()["content-type"], "application/cbor");
-        assert_eq!(request.headers()["connect-timeout-ms"], "50");
-        assert_eq!(request.headers()["connect-protocol-version"], "1");
-        assert_eq!(request.headers().len(), 5);
-        let RequestBody::Whole(body) = request.into_body() else {
-            panic!("the fast path passes the whole body");
+        let (target, head, body) = parsed.take(&mut buf).expect("a valid target");
+        let lines = Lines {
+            head: &head,
+            fields: &fields[..parsed.header_count],
         };
+        let request = parsed.head(&target, &lines);
+        assert_eq!(request.method, Method::POST);
+        assert_eq!(request.path, "/kvstore.v1.KVStore/Get");
+        assert_eq!(request.query, Some("x=1"));
+        let headers = request.headers;
+        assert_eq!(
+            headers.text(&header::CONTENT_TYPE),
+            Some("application/cbor"),
+            "the first of repeated lines, as HeaderMap::get"
+        );
+        assert_eq!(headers.text(&CONNECT_TIMEOUT_MS), Some("50"));
+        assert_eq!(headers.text(&header::HOST), Some("a"));
+        assert_eq!(headers.raw(&header::AUTHORIZATION), None);
         assert_eq!(body, "abc");
         assert_eq!(
             &buf[..],
@@ -632,7 +646,7 @@ mod tests {
     fn a_target_that_is_not_a_uri_is_a_bad_request() {
         let mut buf = BytesMut::from(&b"GET /a<b HTTP/1.1\r\n\r\n"[..]);
         let parsed = whole(&buf);
-        assert!(parsed.into_http(&mut buf, &no_fields()).is_none());
+        assert!(parsed.take(&mut buf).is_none());
     }
 
     #[test]

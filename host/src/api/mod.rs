@@ -7,6 +7,7 @@ pub mod codec;
 pub mod connect;
 pub mod error;
 mod h1;
+mod head;
 mod kv;
 pub mod lanes;
 mod metrics;

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Response, StatusCode, header};
+use http::{Method, Response, StatusCode, header};
 
 use super::connect::{RequestBody, ResponseBody, full};
 use super::error::{Code, ConnectError};
+use super::head::Head;
 use super::kv;
 use super::proto::{DeleteRequest, GetRequest, SetRequest};
 use super::state::ApiState;
@@ -18,16 +19,13 @@ pub const KV_PREFIX: &str = "/v1/kv/";
 
 pub async fn kv_route(
     state: &Arc<ApiState>,
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
+    head: Head<'_>,
     started: Instant,
-    headers: &HeaderMap,
     body: RequestBody,
 ) -> Result<Response<ResponseBody>, ConnectError> {
-    let raw = path.strip_prefix(KV_PREFIX).unwrap_or_default();
+    let raw = head.path.strip_prefix(KV_PREFIX).unwrap_or_default();
     let key = Bytes::from(percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>());
-    match *method {
+    match *head.method {
         Method::GET | Method::HEAD => {
             let got = kv::get(
                 state,
@@ -50,10 +48,10 @@ pub async fn kv_route(
                 .expect("valid headers"))
         }
         Method::PUT | Method::POST => {
-            let ttl = ttl_param(query)?;
+            let ttl = ttl_param(head.query)?;
             let value = state
                 .read_body(
-                    headers,
+                    head.headers,
                     body,
                     state.limits.max_value_bytes,
                     "max_value_bytes",
@@ -83,7 +81,10 @@ pub async fn kv_route(
         }
         _ => Err(ConnectError::new(
             Code::Unimplemented,
-            format!("{method} is not supported on {KV_PREFIX}{{key}}: use GET, PUT or DELETE"),
+            format!(
+                "{} is not supported on {KV_PREFIX}{{key}}: use GET, PUT or DELETE",
+                head.method
+            ),
         )),
     }
 }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,6 +31,7 @@ use super::codec::WireMessage;
 use super::connect::{self, RequestBody, ResponseBody};
 use super::error::{Code, ConnectError};
 use super::h1;
+use super::head::{Head, Headers};
 use super::lanes::Lanes;
 use super::state::ApiState;
 use super::{admin, kv, replication, rest, watch};
@@ -258,7 +259,8 @@ impl Listener {
                 Ok::<_, Infallible>(if refuse {
                     connect::error_response(&too_many_connections(max_connections))
                 } else {
-                    handle(&state, req.map(RequestBody::Hyper)).await
+                    let (parts, body) = req.into_parts();
+                    handle(&state, Head::of(&parts), RequestBody::Hyper(body)).await
                 })
             }
         });
@@ -317,14 +319,13 @@ pub(super) const SUBSCRIBE_PATH: &str = "/kvstore.v1.Replication/Subscribe";
 /// Answer one request, whichever HTTP path read it.
 pub(super) async fn handle(
     state: &Arc<ApiState>,
-    req: Request<RequestBody>,
+    head: Head<'_>,
+    body: RequestBody,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
-    let (parts, body) = req.into_parts();
-    let path = parts.uri.path();
-    let headers = &parts.headers;
+    let (path, headers) = (head.path, head.headers);
     // The streaming RPCs are boxed for the same reason as the cold methods in `rpc`.
-    let (method_name, result) = match (&parts.method, path) {
+    let (method_name, result) = match (head.method, path) {
         (&Method::POST, WATCH_PATH) => (
             "Watch",
             authorized(
@@ -361,10 +362,7 @@ pub(super) async fn handle(
         (method, p) if p.starts_with(rest::KV_PREFIX) => (
             "rest",
             match auth::authorize(state, headers, auth::rest_access(method), "this call") {
-                Ok(()) => {
-                    let query = parts.uri.query();
-                    rest::kv_route(state, method, p, query, started, headers, body).await
-                }
+                Ok(()) => rest::kv_route(state, head, started, body).await,
                 Err(e) => Err(e),
             },
         ),
@@ -384,7 +382,7 @@ pub(super) async fn handle(
         _ => {
             return rest::text(
                 StatusCode::NOT_FOUND,
-                format!("no route for {} {path}\n", parts.method),
+                format!("no route for {} {path}\n", head.method),
             );
         }
     };
@@ -397,7 +395,7 @@ pub(super) async fn handle(
 /// Run `call` if the request's token grants what the method `name` needs.
 async fn authorized(
     state: &ApiState,
-    headers: &http::HeaderMap,
+    headers: &dyn Headers,
     name: &str,
     call: impl Future<Output = Result<Response<ResponseBody>, ConnectError>>,
 ) -> Result<Response<ResponseBody>, ConnectError> {
@@ -434,7 +432,7 @@ async fn rpc(
     state: &Arc<ApiState>,
     name: &'static str,
     started: Instant,
-    headers: &http::HeaderMap,
+    headers: &dyn Headers,
     body: RequestBody,
 ) -> Result<Response<ResponseBody>, ConnectError> {
     if name == "unknown" {
@@ -509,7 +507,7 @@ async fn rpc(
 /// The body of an RPC, within `limits.max_request_bytes`.
 async fn read_request(
     state: &ApiState,
-    headers: &http::HeaderMap,
+    headers: &dyn Headers,
     body: RequestBody,
 ) -> Result<bytes::Bytes, ConnectError> {
     state
@@ -525,7 +523,7 @@ async fn read_request(
 /// A server-streaming call: one enveloped request in, envelopes out until end-of-stream.
 async fn stream_rpc(
     state: &Arc<ApiState>,
-    headers: &http::HeaderMap,
+    headers: &dyn Headers,
     body: RequestBody,
     subscribe: bool,
 ) -> Result<Response<ResponseBody>, ConnectError> {

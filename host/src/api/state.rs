@@ -8,6 +8,7 @@ use arc_swap::ArcSwapOption;
 
 use super::connect::RequestBody;
 use super::error::{Code, ConnectError};
+use super::head::Headers;
 use super::metrics::Metrics;
 use crate::auth::TokenSet;
 use crate::db::{Db, DbError};
@@ -179,7 +180,7 @@ impl ApiState {
     /// `limits.body_read_timeout`. Refusals are counted by limit.
     pub async fn read_body(
         &self,
-        headers: &http::HeaderMap,
+        headers: &dyn Headers,
         body: RequestBody,
         max: usize,
         limit: &'static str,
