@@ -70,7 +70,10 @@ mod tests {
         );
         let headers: &dyn Headers = &map;
         assert_eq!(headers.text(&header::CONTENT_TYPE), Some("a/b\tc"));
-        assert_eq!(headers.raw(&header::AUTHORIZATION), Some(&b"Bearer \xc3\xa9"[..]));
+        assert_eq!(
+            headers.raw(&header::AUTHORIZATION),
+            Some(&b"Bearer \xc3\xa9"[..])
+        );
         assert_eq!(
             headers.text(&header::AUTHORIZATION),
             None,
