@@ -324,48 +324,11 @@ pub(super) async fn handle(
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let (path, headers) = (head.path, head.headers);
-    // The streaming RPCs are boxed for the same reason as the cold methods in `rpc`.
-    let (method_name, result) = match (head.method, path) {
-        (&Method::POST, WATCH_PATH) => (
-            "Watch",
-            authorized(
-                state,
-                headers,
-                "Watch",
-                Box::pin(stream_rpc(state, headers, body, false)),
-            )
-            .await,
-        ),
-        (&Method::POST, SUBSCRIBE_PATH) => (
-            "Subscribe",
-            authorized(
-                state,
-                headers,
-                "Subscribe",
-                Box::pin(stream_rpc(state, headers, body, true)),
-            )
-            .await,
-        ),
-        (&Method::POST, p) if p.starts_with("/kvstore.v1.") => {
-            let name = rpc_name(p);
-            (
-                name,
-                authorized(
-                    state,
-                    headers,
-                    name,
-                    rpc(state, name, started, headers, body),
-                )
-                .await,
-            )
-        }
-        (method, p) if p.starts_with(rest::KV_PREFIX) => (
-            "rest",
-            match auth::authorize(state, headers, auth::rest_access(method), "this call") {
-                Ok(()) => rest::kv_route(state, head, started, body).await,
-                Err(e) => Err(e),
-            },
-        ),
+    let (method_name, route) = match (head.method, path) {
+        (&Method::POST, WATCH_PATH) => ("Watch", Route::Stream { subscribe: false }),
+        (&Method::POST, SUBSCRIBE_PATH) => ("Subscribe", Route::Stream { subscribe: true }),
+        (&Method::POST, p) if p.starts_with("/kvstore.v1.") => (rpc_name(p), Route::Rpc),
+        (_, p) if p.starts_with(rest::KV_PREFIX) => ("rest", Route::Rest),
         (&Method::GET, "/healthz") => return rest::healthz(),
         (&Method::GET, "/readyz") => return rest::readyz(state),
         (&Method::GET, "/metrics") => {
@@ -386,21 +349,37 @@ pub(super) async fn handle(
             );
         }
     };
+    let (access, called) = match route {
+        Route::Rest => (auth::rest_access(head.method), "this call"),
+        _ => (auth::rpc_access(method_name), method_name),
+    };
+    // Each call's future is awaited where it is made: passed to a helper that authorizes
+    // first, the unary call's (3 KB) was copied into the helper's on every request.
+    let result = match auth::authorize(state, headers, access, called) {
+        Err(e) => Err(e),
+        Ok(()) => match route {
+            Route::Rpc => rpc(state, method_name, started, headers, body).await,
+            Route::Rest => rest::kv_route(state, head, started, body).await,
+            // Boxed for the same reason as the cold methods in `rpc`.
+            Route::Stream { subscribe } => {
+                Box::pin(stream_rpc(state, headers, body, subscribe)).await
+            }
+        },
+    };
     let code = result.as_ref().err().map(|e| e.code);
     let response = result.unwrap_or_else(|e| connect::error_response(&e));
     state.metrics.observe(method_name, started.elapsed(), code);
     response
 }
 
-/// Run `call` if the request's token grants what the method `name` needs.
-async fn authorized(
-    state: &ApiState,
-    headers: &dyn Headers,
-    name: &str,
-    call: impl Future<Output = Result<Response<ResponseBody>, ConnectError>>,
-) -> Result<Response<ResponseBody>, ConnectError> {
-    auth::authorize(state, headers, auth::rpc_access(name), name)?;
-    call.await
+/// What serves a request that needs authorizing.
+enum Route {
+    /// A unary RPC.
+    Rpc,
+    /// `Watch`, or `Subscribe`.
+    Stream { subscribe: bool },
+    /// `/v1/kv/{key}`.
+    Rest,
 }
 
 /// The metric label of an RPC path: a fixed set, so a client cannot grow the label space.
