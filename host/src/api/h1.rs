@@ -73,7 +73,7 @@ pub async fn serve<I>(
     io: &mut I,
     state: &Arc<ApiState>,
     deadlines: &Deadlines,
-    stop: &mut Stop,
+    stop: &Stop,
 ) -> Ending
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -89,6 +89,11 @@ where
     let mut waiting_since = Instant::now();
     let mut waiting_for = Part::Head;
     let mut fields = [(Span::default(), Span::default()); MAX_HEADERS];
+    // One wait for shutdown for the connection's life, on a copy of `stop` (which sees the
+    // same changes): made afresh for every read, it was a waiter added to and removed from
+    // the channel's list each time.
+    let mut shutdown = stop.clone();
+    let mut stopped = pin!(shutdown.changed());
     loop {
         let mut answered = false;
         let missing = loop {
@@ -175,7 +180,7 @@ where
                 }
                 return Ending::Closed;
             }
-            _ = stop.changed(), if idle => return Ending::Closed,
+            _ = &mut stopped, if idle => return Ending::Closed,
         };
         if let Ok(0) | Err(_) = read {
             return Ending::Closed;

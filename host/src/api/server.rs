@@ -242,12 +242,10 @@ impl Listener {
     {
         let refuse = stop.is_none();
         let read = match stop {
-            Some(mut stop) => {
-                match h1::serve(&mut io, &self.state, &self.deadlines, &mut stop).await {
-                    h1::Ending::Closed => return,
-                    h1::Ending::HandOver(read) => read,
-                }
-            }
+            Some(stop) => match h1::serve(&mut io, &self.state, &self.deadlines, &stop).await {
+                h1::Ending::Closed => return,
+                h1::Ending::HandOver(read) => read,
+            },
             None => bytes::Bytes::new(),
         };
         let io = TokioIo::new(h1::Prefixed::new(read, io));
