@@ -27,7 +27,7 @@ use http::{HeaderName, Method, Response, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use super::connect::{self, RequestBody, ResponseBody};
+use super::connect::{self, Answer, RequestBody, ResponseBody};
 use super::error::ConnectError;
 use super::head::{Head, Headers};
 use super::server::{SUBSCRIBE_PATH, WATCH_PATH, handle};
@@ -190,7 +190,7 @@ where
 
 /// Send `error` as the connection's last answer, after whatever answers are waiting in `out`.
 async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>, error: &ConnectError) {
-    if encode(out, connect::error_response(error), false, true).is_ok()
+    if encode(out, connect::error_response(error).into(), false, true).is_ok()
         && write_out(io, out).await.is_ok()
     {
         let _ = io.shutdown().await;
@@ -206,10 +206,10 @@ fn shutting_down() -> ConnectError {
 }
 
 /// hyper's answer to a request-target it cannot parse, which then closes the connection.
-fn bad_request() -> Response<ResponseBody> {
+fn bad_request() -> Answer {
     let mut response = Response::new(connect::full(Bytes::new()));
     *response.status_mut() = StatusCode::BAD_REQUEST;
-    response
+    response.into()
 }
 
 async fn write_out<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -401,37 +401,45 @@ fn parse(buf: &[u8], fields: &mut Fields) -> Parsed {
     Parsed::Whole(request)
 }
 
-/// Append `response` to `out`. A streamed body cannot be: only the streaming RPCs stream, and
+/// Append `answer` to `out`. A streamed body cannot be: only the streaming RPCs stream, and
 /// they are hyper's.
-fn encode(
-    out: &mut Vec<u8>,
-    response: Response<ResponseBody>,
-    head_only: bool,
-    close: bool,
-) -> Result<(), ()> {
-    let (parts, body) = response.into_parts();
-    let ResponseBody::Full(body) = body else {
-        tracing::error!("a streamed answer reached the HTTP/1.1 fast path; closing");
-        return Err(());
+fn encode(out: &mut Vec<u8>, answer: Answer, head_only: bool, close: bool) -> Result<(), ()> {
+    // With whether the handler stated the length itself (a HEAD answer's is the body it
+    // would have).
+    let (body, length_stated) = match answer {
+        Answer::Message { codec, body } => {
+            out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: ");
+            out.extend_from_slice(codec.unary_content_type().as_bytes());
+            out.extend_from_slice(b"\r\n");
+            (body, false)
+        }
+        Answer::Response(response) => {
+            let (parts, body) = response.into_parts();
+            let ResponseBody::Full(body) = body else {
+                tracing::error!("a streamed answer reached the HTTP/1.1 fast path; closing");
+                return Err(());
+            };
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(parts.status.as_str().as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(
+                parts
+                    .status
+                    .canonical_reason()
+                    .unwrap_or("Unknown")
+                    .as_bytes(),
+            );
+            out.extend_from_slice(b"\r\n");
+            for (name, value) in &parts.headers {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            (body, parts.headers.contains_key(header::CONTENT_LENGTH))
+        }
     };
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if !length_stated {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -662,7 +670,7 @@ mod tests {
             .header("content-type", "text/plain")
             .body(connect::full("gone"))
             .unwrap();
-        encode(&mut out, response, false, true).unwrap();
+        encode(&mut out, response.into(), false, true).unwrap();
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let mut lines = head.lines();
@@ -679,7 +687,13 @@ mod tests {
         assert_eq!(body, "gone");
 
         let mut out = Vec::new();
-        encode(&mut out, Response::new(connect::full("abc")), true, false).unwrap();
+        encode(
+            &mut out,
+            Response::new(connect::full("abc")).into(),
+            true,
+            false,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("content-length: 3\r\n"), "{text}");
         assert!(!text.contains("connection"), "{text}");
@@ -687,6 +701,35 @@ mod tests {
             text.ends_with("\r\n\r\n"),
             "a HEAD answer has no body: {text:?}"
         );
+    }
+
+    #[test]
+    fn a_message_is_written_as_hyper_writes_its_response() {
+        let message = || Answer::Message {
+            codec: crate::api::Codec::Cbor,
+            body: Bytes::from_static(b"abc"),
+        };
+        let mut fast = Vec::new();
+        encode(&mut fast, message(), false, false).unwrap();
+        let mut general = Vec::new();
+        encode(&mut general, Response::from(message()).into(), false, false).unwrap();
+        // Without the date, which the two may read a second apart.
+        let undated = |out: Vec<u8>| {
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains("\r\ndate: "), "{text}");
+            text.split("\r\n")
+                .filter(|line| !line.starts_with("date: "))
+                .collect::<Vec<_>>()
+                .join("\r\n")
+        };
+        let fast = undated(fast);
+        assert!(fast.starts_with("HTTP/1.1 200 OK\r\n"), "{fast}");
+        assert!(
+            fast.contains("\r\ncontent-type: application/cbor\r\n"),
+            "{fast}"
+        );
+        assert!(fast.ends_with("\r\ncontent-length: 3\r\n\r\nabc"), "{fast}");
+        assert_eq!(fast, undated(general));
     }
 
     #[tokio::test]

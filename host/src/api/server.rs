@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::auth;
 use super::codec::WireMessage;
-use super::connect::{self, RequestBody, ResponseBody};
+use super::connect::{self, Answer, RequestBody, ResponseBody};
 use super::error::{Code, ConnectError};
 use super::h1;
 use super::head::{Head, Headers};
@@ -258,7 +258,9 @@ impl Listener {
                     connect::error_response(&too_many_connections(max_connections))
                 } else {
                     let (parts, body) = req.into_parts();
-                    handle(&state, Head::of(&parts), RequestBody::Hyper(body)).await
+                    handle(&state, Head::of(&parts), RequestBody::Hyper(body))
+                        .await
+                        .into()
                 })
             }
         });
@@ -315,11 +317,7 @@ pub(super) const WATCH_PATH: &str = "/kvstore.v1.KVStore/Watch";
 pub(super) const SUBSCRIBE_PATH: &str = "/kvstore.v1.Replication/Subscribe";
 
 /// Answer one request, whichever HTTP path read it.
-pub(super) async fn handle(
-    state: &Arc<ApiState>,
-    head: Head<'_>,
-    body: RequestBody,
-) -> Response<ResponseBody> {
+pub(super) async fn handle(state: &Arc<ApiState>, head: Head<'_>, body: RequestBody) -> Answer {
     let started = Instant::now();
     let (path, headers) = (head.path, head.headers);
     let (method_name, route) = match (head.method, path) {
@@ -327,8 +325,8 @@ pub(super) async fn handle(
         (&Method::POST, SUBSCRIBE_PATH) => ("Subscribe", Route::Stream { subscribe: true }),
         (&Method::POST, p) if p.starts_with("/kvstore.v1.") => (rpc_name(p), Route::Rpc),
         (_, p) if p.starts_with(rest::KV_PREFIX) => ("rest", Route::Rest),
-        (&Method::GET, "/healthz") => return rest::healthz(),
-        (&Method::GET, "/readyz") => return rest::readyz(state),
+        (&Method::GET, "/healthz") => return rest::healthz().into(),
+        (&Method::GET, "/readyz") => return rest::readyz(state).into(),
         (&Method::GET, "/metrics") => {
             let allowed = if state.protect_metrics {
                 auth::authorize(state, headers, Access::Read, "/metrics")
@@ -338,13 +336,15 @@ pub(super) async fn handle(
             return match allowed {
                 Ok(()) => rest::metrics(state),
                 Err(e) => connect::error_response(&e),
-            };
+            }
+            .into();
         }
         _ => {
             return rest::text(
                 StatusCode::NOT_FOUND,
                 format!("no route for {} {path}\n", head.method),
-            );
+            )
+            .into();
         }
     };
     let (access, called) = match route {
@@ -357,15 +357,17 @@ pub(super) async fn handle(
         Err(e) => Err(e),
         Ok(()) => match route {
             Route::Rpc => rpc(state, method_name, started, headers, body).await,
-            Route::Rest => rest::kv_route(state, head, started, body).await,
+            Route::Rest => rest::kv_route(state, head, started, body)
+                .await
+                .map(Answer::from),
             // Boxed for the same reason as the cold methods in `rpc`.
-            Route::Stream { subscribe } => {
-                Box::pin(stream_rpc(state, headers, body, subscribe)).await
-            }
+            Route::Stream { subscribe } => Box::pin(stream_rpc(state, headers, body, subscribe))
+                .await
+                .map(Answer::from),
         },
     };
     let code = result.as_ref().err().map(|e| e.code);
-    let response = result.unwrap_or_else(|e| connect::error_response(&e));
+    let response = result.unwrap_or_else(|e| connect::error_response(&e).into());
     state.metrics.observe(method_name, started.elapsed(), code);
     response
 }
@@ -411,7 +413,7 @@ async fn rpc(
     started: Instant,
     headers: &dyn Headers,
     body: RequestBody,
-) -> Result<Response<ResponseBody>, ConnectError> {
+) -> Result<Answer, ConnectError> {
     if name == "unknown" {
         return Err(ConnectError::new(
             Code::Unimplemented,
@@ -523,8 +525,8 @@ async fn unary<
     codec: super::Codec,
     body: &bytes::Bytes,
     handler: impl FnOnce(Req) -> F,
-) -> Result<Response<ResponseBody>, ConnectError> {
+) -> Result<Answer, ConnectError> {
     let request = codec.decode_shared::<Req>(body)?;
     let response = handler(request).await?;
-    Ok(connect::message_response(codec, &response))
+    Ok(connect::message_answer(codec, &response))
 }
