@@ -910,6 +910,67 @@ async fn http1_connections_pipeline_dribble_and_carry_on_under_hyper() {
     node.shutdown().await.expect("clean shutdown");
 }
 
+/// The node's own HTTP/1.1 loop reads a call's header lines where they lie in its buffer:
+/// names in any case, the first of a repeated line, a media type with parameters, and a
+/// Connect deadline it cannot read refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_calls_on_the_node_s_own_loop_read_header_lines_in_any_case() {
+    let (node, _base, _dir) = start("").await;
+    let mut conn = TcpStream::connect(node.local_addr()).await.unwrap();
+    let mut pending = Vec::new();
+    let call = |method: &str, lines: &str, body: &str| {
+        format!(
+            "POST /kvstore.v1.KVStore/{method} HTTP/1.1\r\nHost: t\r\n{lines}\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+
+    // "key" = base64("k"), "value" = base64("v").
+    let set = call(
+        "Set",
+        "CONTENT-TYPE: Application/JSON; charset=utf-8\r\ncontent-type: text/plain\r\n\
+         Connect-Protocol-Version: 1\r\nCONNECT-TIMEOUT-MS: 5000\r\n",
+        r#"{"key":"aw==","value":"dg=="}"#,
+    );
+    conn.write_all(set.as_bytes()).await.unwrap();
+    let (status, head, body) = read_response(&mut conn, &mut pending).await;
+    assert_eq!(status, 200, "{head}{}", String::from_utf8_lossy(&body));
+    assert!(
+        head.contains("content-type: application/json\r\n"),
+        "{head}"
+    );
+
+    let get = call(
+        "Get",
+        "content-TYPE: application/json\r\n",
+        r#"{"key":"aw=="}"#,
+    );
+    conn.write_all(get.as_bytes()).await.unwrap();
+    let (status, head, body) = read_response(&mut conn, &mut pending).await;
+    assert_eq!(status, 200, "{head}");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["value"], "dg==", "{body}");
+
+    let late = call(
+        "Get",
+        "Content-Type: application/json\r\nConnect-Timeout-Ms: soon\r\n",
+        r#"{"key":"aw=="}"#,
+    );
+    conn.write_all(late.as_bytes()).await.unwrap();
+    let (status, head, body) = read_response(&mut conn, &mut pending).await;
+    assert_eq!(status, 400, "{head}");
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("invalid_argument")
+            && text.contains("Connect-Timeout-Ms")
+            && text.contains("soon"),
+        "{text}"
+    );
+
+    node.shutdown().await.expect("clean shutdown");
+}
+
 /// A kept-alive connection idle for `header_read_timeout` is closed, as one that never sends
 /// its first request is, and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
