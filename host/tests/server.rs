@@ -918,47 +918,46 @@ async fn connect_calls_on_the_node_s_own_loop_read_header_lines_in_any_case() {
     let (node, _base, _dir) = start("").await;
     let mut conn = TcpStream::connect(node.local_addr()).await.unwrap();
     let mut pending = Vec::new();
-    let call = |method: &str, lines: &str, body: &str| {
-        format!(
+    let mut call = async |method: &str, lines: &str, body: &str| {
+        let request = format!(
             "POST /kvstore.v1.KVStore/{method} HTTP/1.1\r\nHost: t\r\n{lines}\
              Content-Length: {}\r\n\r\n{body}",
             body.len()
-        )
+        );
+        conn.write_all(request.as_bytes()).await.unwrap();
+        read_response(&mut conn, &mut pending).await
     };
 
     // "key" = base64("k"), "value" = base64("v").
-    let set = call(
+    let (status, head, body) = call(
         "Set",
         "CONTENT-TYPE: Application/JSON; charset=utf-8\r\ncontent-type: text/plain\r\n\
          Connect-Protocol-Version: 1\r\nCONNECT-TIMEOUT-MS: 5000\r\n",
         r#"{"key":"aw==","value":"dg=="}"#,
-    );
-    conn.write_all(set.as_bytes()).await.unwrap();
-    let (status, head, body) = read_response(&mut conn, &mut pending).await;
+    )
+    .await;
     assert_eq!(status, 200, "{head}{}", String::from_utf8_lossy(&body));
     assert!(
         head.contains("content-type: application/json\r\n"),
         "{head}"
     );
 
-    let get = call(
+    let (status, head, body) = call(
         "Get",
         "content-TYPE: application/json\r\n",
         r#"{"key":"aw=="}"#,
-    );
-    conn.write_all(get.as_bytes()).await.unwrap();
-    let (status, head, body) = read_response(&mut conn, &mut pending).await;
+    )
+    .await;
     assert_eq!(status, 200, "{head}");
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["value"], "dg==", "{body}");
 
-    let late = call(
+    let (status, head, body) = call(
         "Get",
         "Content-Type: application/json\r\nConnect-Timeout-Ms: soon\r\n",
         r#"{"key":"aw=="}"#,
-    );
-    conn.write_all(late.as_bytes()).await.unwrap();
-    let (status, head, body) = read_response(&mut conn, &mut pending).await;
+    )
+    .await;
     assert_eq!(status, 400, "{head}");
     let text = String::from_utf8_lossy(&body);
     assert!(
