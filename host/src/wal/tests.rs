@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::log::INITIALIZE_AHEAD;
 use super::*;
 
 fn set(i: u64) -> Command {
@@ -348,6 +349,105 @@ async fn async_writers_ready_together_on_one_event_loop_share_one_fsync() {
     wal.commit_async(lsn).await.unwrap();
     assert_eq!(wal.stats().fsyncs - before, 2);
     assert_eq!(wal.stats().durable_lsn, lsn);
+}
+
+/// Writers ready in the same turn of one event loop share one fdatasync however long each
+/// takes to log its write (a validation plugin, a large value): the flush starts only once
+/// the turn is over. Started at once by the second writer, it carried the first two and the
+/// rest waited for a second fdatasync.
+#[tokio::test(flavor = "current_thread")]
+async fn writers_of_one_event_loop_turn_share_one_fsync_however_long_each_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal =
+        Arc::new(Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap());
+    let before = wal.stats().fsyncs;
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let wal = Arc::clone(&wal);
+            tokio::spawn(async move {
+                // Work before logging, done on the event loop's thread as a handler's is.
+                std::thread::sleep(Duration::from_millis(20));
+                let lsn = wal.append(0, &set(i)).unwrap();
+                wal.commit_async(lsn).await.unwrap();
+                assert!(wal.stats().durable_lsn >= lsn);
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(wal.stats().fsyncs - before, 1, "{:?}", wal.stats());
+}
+
+/// The extents of `path` that are reserved but unwritten and start below `below`, or None
+/// where the file system does not report extents (FIEMAP).
+fn unwritten_extents_below(path: &Path, below: u64) -> Option<Vec<(u64, u64)>> {
+    let extents = match fiemap::fiemap(path) {
+        Ok(extents) => extents.collect::<std::io::Result<Vec<_>>>(),
+        Err(e) => Err(e),
+    };
+    match extents {
+        Ok(extents) => Some(
+            extents
+                .iter()
+                .filter(|e| {
+                    e.fe_flags.contains(fiemap::FiemapExtentFlags::UNWRITTEN)
+                        && e.fe_logical < below
+                })
+                .map(|e| (e.fe_logical, e.fe_length))
+                .collect(),
+        ),
+        Err(e) => {
+            eprintln!("skipped: no FIEMAP for {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// With `sync: always` the space just past the log's end is written with zeros, not only
+/// reserved: the first write into a reserved (unwritten) extent changes the file's extent
+/// map, which every group commit's fdatasync would then have to journal. In a new segment
+/// after a rotation too; and the zeros still read as the end of the log.
+#[test]
+fn with_sync_always_the_space_past_the_log_s_end_is_written_not_only_reserved() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 4 * INITIALIZE_AHEAD;
+    let wal = Wal::open(dir.path(), options(SyncPolicy::Always, size), 0, |_| {}).unwrap();
+    wal.commit(wal.append(1, &set(1)).unwrap()).unwrap();
+    let first = segments(dir.path()).pop().unwrap();
+    let Some(unwritten) = unwritten_extents_below(&first, INITIALIZE_AHEAD) else {
+        return;
+    };
+    assert_eq!(unwritten, [], "the first MiB past the record is written");
+    assert!(
+        !unwritten_extents_below(&first, size).unwrap().is_empty(),
+        "the rest of the segment is still only reserved"
+    );
+
+    // Large records fill the segment; the next one is written ahead as well.
+    let big = Command::Set {
+        key: Bytes::from_static(b"big"),
+        value: Bytes::from(vec![7u8; 256 << 10]),
+        expires_at_ms: 0,
+    };
+    let mut lsn = 1;
+    while segments(dir.path()).len() < 2 {
+        lsn = wal.append(2, &big).unwrap();
+        wal.commit(lsn).unwrap();
+    }
+    let second = segments(dir.path()).pop().unwrap();
+    assert_eq!(
+        unwritten_extents_below(&second, INITIALIZE_AHEAD).unwrap(),
+        []
+    );
+
+    let crashed = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), crashed.path());
+    drop(wal);
+    assert_eq!(
+        lsns(&replay(crashed.path()).unwrap()),
+        (1..=lsn).collect::<Vec<_>>()
+    );
 }
 
 #[test]
