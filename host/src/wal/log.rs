@@ -20,7 +20,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -82,6 +82,11 @@ pub struct WalStats {
 /// segment is mostly on disk when it is sealed (4 MiB is ~3 ms of a 1.6 GB/s disk).
 pub(super) const WRITEBACK_BYTES: u64 = 4 << 20;
 
+/// The longest fdatasync after which an async writer still does the next one on its event
+/// loop's thread (`Shared::fsync_is_quick`): a read on that thread waits at most about this
+/// long for it.
+const INLINE_FSYNC_MAX: Duration = Duration::from_millis(1);
+
 /// With `sync: always`, how far past the log's end the active segment's preallocated space is
 /// kept written with zeros (see `Shared::initialize_ahead`).
 pub(super) const INITIALIZE_AHEAD: u64 = 1 << 20;
@@ -117,45 +122,14 @@ struct Shared {
     durable_tx: tokio::sync::watch::Sender<u64>,
     /// Whether an async commit's flusher is running on the blocking pool.
     flusher: std::sync::atomic::AtomicBool,
-    /// Async writers waiting in `commit_async` with `sync: always`.
-    async_waiters: AtomicUsize,
-    /// Records in the last flush's write: how many writers shared it.
-    last_group: AtomicU64,
+    /// How long the last fdatasync took, in nanoseconds (`Shared::fsync_is_quick`).
+    last_fsync_nanos: AtomicU64,
     /// Bytes written since the background syncer last started an fdatasync (or a rotation
     /// synced them).
     unsynced: AtomicU64,
     /// `unsynced` passed `WRITEBACK_BYTES` and the syncer was woken (set and cleared under
     /// the `stop` lock's protocol: see `request_writeback`).
     writeback_due: std::sync::atomic::AtomicBool,
-}
-
-/// Counts an async writer in `Shared::async_waiters` for as long as it waits.
-struct AsyncWaiter<'a> {
-    count: &'a AtomicUsize,
-    others: usize,
-}
-
-impl<'a> AsyncWaiter<'a> {
-    fn count(count: &'a AtomicUsize) -> Self {
-        let others = count.fetch_add(1, Ordering::AcqRel);
-        AsyncWaiter { count, others }
-    }
-
-    /// Nobody else was waiting when this writer started to.
-    fn alone(&self) -> bool {
-        self.others == 0
-    }
-
-    /// Nobody else is waiting now.
-    fn still_alone(&self) -> bool {
-        self.count.load(Ordering::Acquire) == 1
-    }
-}
-
-impl Drop for AsyncWaiter<'_> {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Records appended but not yet handed to the OS.
@@ -282,8 +256,7 @@ impl Wal {
             progressed: Condvar::new(),
             durable_tx: tokio::sync::watch::Sender::new(last_lsn),
             flusher: std::sync::atomic::AtomicBool::new(false),
-            async_waiters: AtomicUsize::new(0),
-            last_group: AtomicU64::new(0),
+            last_fsync_nanos: AtomicU64::new(0),
             unsynced: AtomicU64::new(0),
             writeback_due: std::sync::atomic::AtomicBool::new(false),
         });
@@ -382,12 +355,14 @@ impl Wal {
         }
     }
 
-    /// `commit` for async callers. With `sync: always` the task waits on a watch instead of a
-    /// thread: one flusher on the blocking pool writes and fsyncs whatever is appended, again
-    /// and again while more arrives, and wakes every waiting task after each fsync. Other
-    /// policies only wait for a `write(2)`, which `commit` does inline, after yielding once:
-    /// the other tasks ready on this worker then log their writes first and one `write(2)`
-    /// carries them all, as Redis writes its AOF buffer once per event-loop turn.
+    /// `commit` for async callers. Every policy first yields once: the other tasks ready on
+    /// this event loop then log their writes, and one `write(2)` (and with `sync: always` one
+    /// fdatasync) carries them all, as Redis writes and fsyncs its AOF once per event-loop
+    /// turn. Without fsync, `commit` then writes inline. With `sync: always` the first writer
+    /// to resume writes and fdatasyncs the group on its own thread while the disk is quick
+    /// (`Shared::fsync_is_quick`); otherwise one flusher on the blocking pool writes and
+    /// fsyncs whatever is appended, again and again while more arrives, and the tasks wait on
+    /// a watch, not a thread, woken after each fsync.
     pub async fn commit_async(&self, lsn: u64) -> Result<()> {
         if self.shared.opts.sync != SyncPolicy::Always {
             if self.shared.written_lsn.load(Ordering::Acquire) < lsn {
@@ -395,45 +370,43 @@ impl Wal {
             }
             return self.commit(lsn);
         }
-        let waiter = AsyncWaiter::count(&self.shared.async_waiters);
-        // A lone writer: nobody else waiting, and the last fsync carried one record, so nobody
-        // is likely to join.
-        let lone = waiter.alone() && self.shared.last_group.load(Ordering::Relaxed) <= 1;
-        if !self.shared.flusher.load(Ordering::Acquire) {
-            // Nobody is flushing, so this writer would start a flush. It yields once first:
-            // the other writers ready on this event loop then log theirs, and one fsync
-            // carries them all, as Redis fsyncs its AOF once per event-loop turn. Started at
-            // once, the flush took the first writer or two of a turn and the rest waited
-            // for the next one: at 50 connections on one thread the fsyncs alternated
-            // between 2-5 records and 30, and the disk idled while the node answered
-            // (groups of 15-18 on average; 28-33 with the yield).
-            tokio::task::yield_now().await;
-            // Alone, there is no group to gather, and doing the write and fdatasync on this
-            // thread, as Redis's event loop does, saves handing the work to the flusher and
-            // the result back, two thread wake-ups: with 1 connection 12-34% more durable
-            // writes per second. It leads only if no other writer appended meanwhile (the
-            // yield above is what lets it see them): the writers ready on the same event
-            // loop would otherwise each find themselves alone in turn, each fsync would carry
-            // one record and keep `last_group` at 1, and one connection thread fell to one
-            // fsync per write for good (6-7k durable SETs/s at 16 and 50 connections with
-            // `server.threads: 1`, against 34-58k).
-            if lone
-                && waiter.still_alone()
-                && self.last_lsn() == lsn
-                && let Some(flushed) = self.shared.lead(lsn)
-            {
-                return flushed;
-            }
-        }
         let mut durable = self.shared.durable_tx.subscribe();
+        let mut turn_over = false;
         loop {
             if self.shared.durable_lsn.load(Ordering::Acquire) >= lsn {
                 return Ok(());
             }
             self.shared.check_usable()?;
-            if !self.shared.flusher.swap(true, Ordering::AcqRel) {
-                let shared = Arc::clone(&self.shared);
-                tokio::task::spawn_blocking(move || shared.flush_until_idle());
+            if !self.shared.flusher.load(Ordering::Acquire) {
+                if !turn_over {
+                    // Nobody is flushing, so this writer would start a flush. It yields once
+                    // first: the other writers ready on this event loop then log theirs, and
+                    // one fsync carries them all, as Redis fsyncs its AOF once per event-loop
+                    // turn. Started at once, a flush took the first writer or two of a turn
+                    // and the rest waited for the next one: at 50 connections on one thread
+                    // the fsyncs alternated between 2-5 records and 30.
+                    tokio::task::yield_now().await;
+                    turn_over = true;
+                    continue;
+                }
+                // Write and fdatasync the turn's group on this thread, as Redis's event loop
+                // does: handing it to the flusher and the result back costs two thread
+                // wake-ups (50-70 µs each on the test machine, a third of a 250 µs
+                // fdatasync). Nothing else on this event loop runs meanwhile, which
+                // `fsync_is_quick` bounds.
+                if self.shared.fsync_is_quick()
+                    && let Some(flushed) = self.shared.lead(lsn)
+                {
+                    flushed?;
+                    continue;
+                }
+                // A slow disk, or the I/O lock is taken (by a leader, which wakes the waiters
+                // when done, or by a snapshot's flush, which does not): the flusher waits for
+                // the lock if need be, flushes, and wakes us.
+                if !self.shared.flusher.swap(true, Ordering::AcqRel) {
+                    let shared = Arc::clone(&self.shared);
+                    tokio::task::spawn_blocking(move || shared.flush_until_idle());
+                }
             }
             if durable.changed().await.is_err() {
                 return Err(WalError::Closed);
@@ -649,7 +622,6 @@ impl Shared {
                     self.request_writeback();
                 }
             }
-            self.last_group.store(last + 1 - first, Ordering::Relaxed);
             self.written_lsn.store(last, Ordering::Release);
         }
         buf.clear();
@@ -756,10 +728,20 @@ impl Shared {
         let started = Instant::now();
         file.sync_data()
             .map_err(|e| self.fail("fdatasync", path, e))?;
+        let took = started.elapsed().as_nanos() as u64;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.fsync_nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.fsync_nanos.fetch_add(took, Ordering::Relaxed);
+        self.last_fsync_nanos.store(took, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether an async writer may write and fdatasync on its event loop's thread
+    /// (`Wal::commit_async`): while the disk's last fdatasync took under `INLINE_FSYNC_MAX`.
+    /// On a slow disk (a disk with a volatile cache flushed on every fdatasync, a network
+    /// volume, one busy with other work) the flusher thread does it instead, and the event
+    /// loop goes on serving reads and logging writes meanwhile.
+    fn fsync_is_quick(&self) -> bool {
+        self.last_fsync_nanos.load(Ordering::Relaxed) < INLINE_FSYNC_MAX.as_nanos() as u64
     }
 
     /// Wake the background syncer to write back what has piled up (once per pile: the flag
@@ -834,5 +816,12 @@ impl Wal {
     pub(crate) fn break_active_file_for_test(&self) {
         let mut active = self.shared.active.lock();
         active.file = File::open(&active.path).expect("reopen read-only");
+    }
+
+    /// Make the disk look slow to `commit_async`, as if the last fdatasync took `took`.
+    pub(crate) fn pretend_the_last_fsync_took(&self, took: Duration) {
+        self.shared
+            .last_fsync_nanos
+            .store(took.as_nanos() as u64, Ordering::Relaxed);
     }
 }

@@ -379,6 +379,31 @@ async fn writers_of_one_event_loop_turn_share_one_fsync_however_long_each_takes(
     assert_eq!(wal.stats().fsyncs - before, 1, "{:?}", wal.stats());
 }
 
+/// On a slow disk the flusher, not the event loop's thread, fdatasyncs the whole turn's
+/// group, and wakes every writer.
+#[tokio::test(flavor = "current_thread")]
+async fn on_a_slow_disk_the_flusher_syncs_the_turn_s_group_and_wakes_every_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal =
+        Arc::new(Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap());
+    wal.pretend_the_last_fsync_took(Duration::from_millis(50));
+    let before = wal.stats().fsyncs;
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let wal = Arc::clone(&wal);
+            tokio::spawn(async move {
+                let lsn = wal.append(0, &set(i)).unwrap();
+                wal.commit_async(lsn).await.unwrap();
+                assert!(wal.stats().durable_lsn >= lsn);
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(wal.stats().fsyncs - before, 1, "{:?}", wal.stats());
+}
+
 /// The extents of `path` that are reserved but unwritten and start below `below`, or None
 /// where the file system does not report extents (FIEMAP).
 fn unwritten_extents_below(path: &Path, below: u64) -> Option<Vec<(u64, u64)>> {
