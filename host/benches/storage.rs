@@ -164,6 +164,7 @@ fn wal_append_rate(dir: &Path, writers: u64, phase: Duration) -> (f64, f64) {
     let opts = WalOptions {
         sync: SyncPolicy::Always,
         max_file_size: 64 << 20,
+        ..WalOptions::default()
     };
     let wal = Arc::new(Wal::open(&dir, opts, 0, |_| {}).expect("open wal"));
     let stop = Arc::new(AtomicBool::new(false));

@@ -106,6 +106,16 @@ pub struct ServerConfig {
     pub threads: u64,
 }
 
+impl ServerConfig {
+    /// `threads` with 0 resolved to the number of CPUs.
+    pub fn connection_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 /// When an acknowledged write reaches stable storage; see [`SyncPolicy`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncMode {
@@ -466,6 +476,7 @@ impl Config {
             wal: WalOptions {
                 sync,
                 max_file_size: self.wal.max_file_size,
+                inline_fsync: self.server.connection_threads() == 1,
             },
             engine: EngineOptions::default(),
             max_entries: self.storage.max_entries,

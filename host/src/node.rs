@@ -114,8 +114,7 @@ impl Node {
                 link_tls: config.replication.tls.clone(),
             },
         ));
-        let lanes = Lanes::start(usize::try_from(config.server.threads).unwrap_or(usize::MAX))
-            .map_err(NodeError::Threads)?;
+        let lanes = Lanes::start(config.server.connection_threads()).map_err(NodeError::Threads)?;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(server::serve(
             listener,

@@ -29,12 +29,9 @@ pub struct Lanes {
 }
 
 impl Lanes {
-    /// Start `count` threads (0 = one per CPU).
+    /// Start `count` threads (at least one).
     pub fn start(count: usize) -> std::io::Result<Lanes> {
-        let count = match count {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let count = count.max(1);
         let mut lanes = Lanes {
             senders: Vec::with_capacity(count),
             threads: Vec::with_capacity(count),

@@ -153,6 +153,21 @@ fn every_key_is_read() {
     assert!(!db.active_expiry, "a replica leaves expiry to its primary");
 }
 
+/// A node with one connection thread lets that thread fdatasync its own group commits; with
+/// several, or one per CPU on a machine with several, the WAL's flusher gathers them.
+#[test]
+fn one_connection_thread_syncs_its_own_group_commits() {
+    let threads = |n: u64| load(&format!("server:\n  threads: {n}\n")).unwrap();
+    assert!(threads(1).db_options().wal.inline_fsync);
+    assert!(!threads(2).db_options().wal.inline_fsync);
+    let per_cpu = threads(0);
+    assert_eq!(
+        per_cpu.db_options().wal.inline_fsync,
+        per_cpu.server.connection_threads() == 1
+    );
+    assert!(per_cpu.server.connection_threads() >= 1);
+}
+
 #[test]
 fn sync_modes_map_to_policies() {
     for (text, policy) in [

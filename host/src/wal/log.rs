@@ -50,6 +50,15 @@ pub struct WalOptions {
     pub sync: SyncPolicy,
     /// A new segment is started once the current one reaches this size.
     pub max_file_size: u64,
+    /// With `sync: always`: whether an async writer may write and fdatasync its event
+    /// loop's whole group on its own thread (`Wal::commit_async`). Right when one event loop
+    /// takes every write, as on a node with one connection thread (Redis's shape): it saves
+    /// two thread hand-offs per group, 25-30% more durable writes per second at 16 and 50
+    /// connections. With several, one flusher gathers every thread's writers into one
+    /// fdatasync, where a thread blocked in its own would stop its connections from
+    /// joining the group (10-20% fewer at 16 connections with two threads); only a lone
+    /// writer syncs on its own thread then.
+    pub inline_fsync: bool,
 }
 
 impl Default for WalOptions {
@@ -57,6 +66,7 @@ impl Default for WalOptions {
         WalOptions {
             sync: SyncPolicy::Interval(Duration::from_secs(1)),
             max_file_size: 64 << 20,
+            inline_fsync: false,
         }
     }
 }
@@ -124,6 +134,8 @@ struct Shared {
     flusher: std::sync::atomic::AtomicBool,
     /// How long the last fdatasync took, in nanoseconds (`Shared::fsync_is_quick`).
     last_fsync_nanos: AtomicU64,
+    /// Records in the last flush's write: how many writers shared it.
+    last_group: AtomicU64,
     /// Bytes written since the background syncer last started an fdatasync (or a rotation
     /// synced them).
     unsynced: AtomicU64,
@@ -257,6 +269,7 @@ impl Wal {
             durable_tx: tokio::sync::watch::Sender::new(last_lsn),
             flusher: std::sync::atomic::AtomicBool::new(false),
             last_fsync_nanos: AtomicU64::new(0),
+            last_group: AtomicU64::new(0),
             unsynced: AtomicU64::new(0),
             writeback_due: std::sync::atomic::AtomicBool::new(false),
         });
@@ -394,7 +407,7 @@ impl Wal {
                 // wake-ups (50-70 µs each on the test machine, a third of a 250 µs
                 // fdatasync). Nothing else on this event loop runs meanwhile, which
                 // `fsync_is_quick` bounds.
-                if self.shared.fsync_is_quick()
+                if self.shared.may_sync_inline(lsn)
                     && let Some(flushed) = self.shared.lead(lsn)
                 {
                     flushed?;
@@ -622,6 +635,7 @@ impl Shared {
                     self.request_writeback();
                 }
             }
+            self.last_group.store(last + 1 - first, Ordering::Relaxed);
             self.written_lsn.store(last, Ordering::Release);
         }
         buf.clear();
@@ -742,6 +756,20 @@ impl Shared {
     /// loop goes on serving reads and logging writes meanwhile.
     fn fsync_is_quick(&self) -> bool {
         self.last_fsync_nanos.load(Ordering::Relaxed) < INLINE_FSYNC_MAX.as_nanos() as u64
+    }
+
+    /// Whether the async writer of `lsn`, its event loop's turn over, may write and
+    /// fdatasync the group on its own thread: the disk is quick, and either this log is
+    /// written from one event loop (`WalOptions::inline_fsync`) or the writer is alone (its
+    /// record the only one waiting, and the last group was one record too, so no other
+    /// thread's writers are likely to join). With 1 connection and two connection threads
+    /// the lone writer's own fdatasync gave 12-34% more durable writes per second.
+    fn may_sync_inline(&self, lsn: u64) -> bool {
+        self.fsync_is_quick()
+            && (self.opts.inline_fsync
+                || (self.last_group.load(Ordering::Relaxed) <= 1
+                    && self.durable_lsn.load(Ordering::Acquire) + 1 == lsn
+                    && self.pending.lock().next_lsn == lsn + 1))
     }
 
     /// Wake the background syncer to write back what has piled up (once per pile: the flag

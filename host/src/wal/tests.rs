@@ -22,6 +22,7 @@ fn options(sync: SyncPolicy, max_file_size: u64) -> WalOptions {
     WalOptions {
         sync,
         max_file_size,
+        ..WalOptions::default()
     }
 }
 
@@ -353,13 +354,23 @@ async fn async_writers_ready_together_on_one_event_loop_share_one_fsync() {
 
 /// Writers ready in the same turn of one event loop share one fdatasync however long each
 /// takes to log its write (a validation plugin, a large value): the flush starts only once
-/// the turn is over. Started at once by the second writer, it carried the first two and the
-/// rest waited for a second fdatasync.
+/// the turn is over, whether the flusher does it or, with `inline_fsync`, the first writer.
+/// Started at once by the second writer, it carried the first two and the rest waited for a
+/// second fdatasync.
 #[tokio::test(flavor = "current_thread")]
 async fn writers_of_one_event_loop_turn_share_one_fsync_however_long_each_takes() {
+    for inline_fsync in [false, true] {
+        writers_of_one_turn_share_one_fsync(inline_fsync).await;
+    }
+}
+
+async fn writers_of_one_turn_share_one_fsync(inline_fsync: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let wal =
-        Arc::new(Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap());
+    let opts = WalOptions {
+        inline_fsync,
+        ..options(SyncPolicy::Always, 1 << 20)
+    };
+    let wal = Arc::new(Wal::open(dir.path(), opts, 0, |_| {}).unwrap());
     let before = wal.stats().fsyncs;
     let writers: Vec<_> = (0..8)
         .map(|i| {
@@ -376,7 +387,12 @@ async fn writers_of_one_event_loop_turn_share_one_fsync_however_long_each_takes(
     for writer in writers {
         writer.await.unwrap();
     }
-    assert_eq!(wal.stats().fsyncs - before, 1, "{:?}", wal.stats());
+    assert_eq!(
+        wal.stats().fsyncs - before,
+        1,
+        "inline_fsync {inline_fsync}: {:?}",
+        wal.stats()
+    );
 }
 
 /// On a slow disk the flusher, not the event loop's thread, fdatasyncs the whole turn's

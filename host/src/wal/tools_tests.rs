@@ -154,6 +154,7 @@ fn after_retention_the_log_starts_later_and_older_lsns_are_trimmed() {
     let options = WalOptions {
         sync: SyncPolicy::Never,
         max_file_size: 1024,
+        ..WalOptions::default()
     };
     let wal = Wal::open(dir.path(), options, 0, |_| {}).unwrap();
     wal.set_retention_floor(100);
