@@ -718,9 +718,9 @@ impl Shared {
     /// Preallocated blocks are unwritten extents: the first write into one changes the
     /// file's extent map, so the fdatasync after it must commit the file system's journal as
     /// well (on ext4 a journal thread's wake-up and a second device flush). Blocks written
-    /// once are overwritten in place, and the fdatasync then carries the data alone. On this
-    /// project's test machine that made a durable write's fdatasync 25-35% shorter, and
-    /// durable SETs at 50 connections went from 33-37k/s to 38-41k/s (BENCHMARKS.md).
+    /// once are overwritten in place, and the fdatasync then carries the data alone. Under 50
+    /// durable writers on this project's test machine, the mean fdatasync went from 370-440
+    /// µs to 250-290 µs (BENCHMARKS.md).
     /// PostgreSQL fills its WAL segments with zeros for the same reason (`wal_init_zero`).
     /// One group commit in every `INITIALIZE_AHEAD` of log writes the zeros, and its
     /// fdatasync carries them. Best effort, as preallocation is: if the write fails, the
