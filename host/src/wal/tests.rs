@@ -320,6 +320,28 @@ fn group_commit_makes_every_concurrent_write_durable() {
     assert_eq!(replay(dir.path()).unwrap().len(), 200);
 }
 
+/// Spawn `count` async writers on this event loop, each doing `work` on the loop's thread
+/// (as a handler does) before it logs its record, wait for all, each having seen its record
+/// durable; returns the fdatasyncs that took.
+async fn fsyncs_for_async_writers(wal: &Arc<Wal>, count: u64, work: Duration) -> u64 {
+    let before = wal.stats().fsyncs;
+    let writers: Vec<_> = (0..count)
+        .map(|i| {
+            let wal = Arc::clone(wal);
+            tokio::spawn(async move {
+                std::thread::sleep(work);
+                let lsn = wal.append(0, &set(i)).unwrap();
+                wal.commit_async(lsn).await.unwrap();
+                assert!(wal.stats().durable_lsn >= lsn);
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    wal.stats().fsyncs - before
+}
+
 /// Two async writers ready together on one event loop (one connection thread) share one
 /// fdatasync. The lone-writer shortcut used to let the first lead an fsync of its record
 /// alone before the second had appended; every fsync then carried one record, so each writer
@@ -330,20 +352,12 @@ async fn async_writers_ready_together_on_one_event_loop_share_one_fsync() {
     let wal =
         Arc::new(Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap());
     let before = wal.stats().fsyncs;
-    let writers: Vec<_> = (0..2)
-        .map(|i| {
-            let wal = Arc::clone(&wal);
-            tokio::spawn(async move {
-                let lsn = wal.append(0, &set(i)).unwrap();
-                wal.commit_async(lsn).await.unwrap();
-                assert!(wal.stats().durable_lsn >= lsn);
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.await.unwrap();
-    }
-    assert_eq!(wal.stats().fsyncs - before, 1, "{:?}", wal.stats());
+    assert_eq!(
+        fsyncs_for_async_writers(&wal, 2, Duration::ZERO).await,
+        1,
+        "{:?}",
+        wal.stats()
+    );
 
     // A writer that is alone still does its own write and fdatasync.
     let lsn = wal.append(0, &set(3)).unwrap();
@@ -371,24 +385,8 @@ async fn writers_of_one_turn_share_one_fsync(inline_fsync: bool) {
         ..options(SyncPolicy::Always, 1 << 20)
     };
     let wal = Arc::new(Wal::open(dir.path(), opts, 0, |_| {}).unwrap());
-    let before = wal.stats().fsyncs;
-    let writers: Vec<_> = (0..8)
-        .map(|i| {
-            let wal = Arc::clone(&wal);
-            tokio::spawn(async move {
-                // Work before logging, done on the event loop's thread as a handler's is.
-                std::thread::sleep(Duration::from_millis(20));
-                let lsn = wal.append(0, &set(i)).unwrap();
-                wal.commit_async(lsn).await.unwrap();
-                assert!(wal.stats().durable_lsn >= lsn);
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.await.unwrap();
-    }
     assert_eq!(
-        wal.stats().fsyncs - before,
+        fsyncs_for_async_writers(&wal, 8, Duration::from_millis(20)).await,
         1,
         "inline_fsync {inline_fsync}: {:?}",
         wal.stats()
@@ -403,21 +401,12 @@ async fn on_a_slow_disk_the_flusher_syncs_the_turn_s_group_and_wakes_every_write
     let wal =
         Arc::new(Wal::open(dir.path(), options(SyncPolicy::Always, 1 << 20), 0, |_| {}).unwrap());
     wal.pretend_the_last_fsync_took(Duration::from_millis(50));
-    let before = wal.stats().fsyncs;
-    let writers: Vec<_> = (0..8)
-        .map(|i| {
-            let wal = Arc::clone(&wal);
-            tokio::spawn(async move {
-                let lsn = wal.append(0, &set(i)).unwrap();
-                wal.commit_async(lsn).await.unwrap();
-                assert!(wal.stats().durable_lsn >= lsn);
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.await.unwrap();
-    }
-    assert_eq!(wal.stats().fsyncs - before, 1, "{:?}", wal.stats());
+    assert_eq!(
+        fsyncs_for_async_writers(&wal, 8, Duration::ZERO).await,
+        1,
+        "{:?}",
+        wal.stats()
+    );
 }
 
 /// The extents of `path` that are reserved but unwritten and start below `below`, or None
