@@ -53,11 +53,11 @@ pub struct WalOptions {
     /// With `sync: always`: whether an async writer may write and fdatasync its event
     /// loop's whole group on its own thread (`Wal::commit_async`). Right when one event loop
     /// takes every write, as on a node with one connection thread (Redis's shape): it saves
-    /// two thread hand-offs per group, 25-30% more durable writes per second at 16 and 50
-    /// connections. With several, one flusher gathers every thread's writers into one
-    /// fdatasync, where a thread blocked in its own would stop its connections from
-    /// joining the group (10-20% fewer at 16 connections with two threads); only a lone
-    /// writer syncs on its own thread then.
+    /// two thread hand-offs per group, 9-27% more durable writes per second at 16
+    /// connections and 18-35% at 50 (three A/B pairs). With several, one flusher gathers
+    /// every thread's writers into one fdatasync, where a thread blocked in its own would
+    /// stop its connections from joining the group (5-19% fewer at 16 connections with two
+    /// threads, two pairs); only a lone writer syncs on its own thread then.
     pub inline_fsync: bool,
 }
 
@@ -404,7 +404,7 @@ impl Wal {
                 }
                 // Write and fdatasync the turn's group on this thread, as Redis's event loop
                 // does: handing it to the flusher and the result back costs two thread
-                // wake-ups (50-70 µs each on the test machine, a third of a 250 µs
+                // wake-ups (50-75 µs each on the test machine, a third of a 250 µs
                 // fdatasync). Nothing else on this event loop runs meanwhile, which
                 // `fsync_is_quick` bounds.
                 if self.shared.may_sync_inline(lsn)
@@ -720,10 +720,9 @@ impl Shared {
     /// well (on ext4 a journal thread's wake-up and a second device flush). Blocks written
     /// once are overwritten in place, and the fdatasync then carries the data alone. Under 50
     /// durable writers on this project's test machine, the mean fdatasync went from 370-440
-    /// µs to 250-290 µs (BENCHMARKS.md).
-    /// PostgreSQL fills its WAL segments with zeros for the same reason (`wal_init_zero`).
-    /// One group commit in every `INITIALIZE_AHEAD` of log writes the zeros, and its
-    /// fdatasync carries them. Best effort, as preallocation is: if the write fails, the
+    /// µs to 250-290 µs (BENCHMARKS.md). PostgreSQL fills its WAL segments with zeros for the
+    /// same reason (`wal_init_zero`). One group commit in every `INITIALIZE_AHEAD` of log
+    /// writes the zeros, and its fdatasync carries them. Best effort, as preallocation is: if the write fails, the
     /// records' own write reports what is wrong with the disk.
     fn initialize_ahead(&self, active: &mut Active, end: u64) {
         let from = active.initialized.max(end);
