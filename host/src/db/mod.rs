@@ -429,14 +429,18 @@ impl Db {
     }
 
     /// Committed records after `after_lsn`, read from the log files (the seed's
-    /// `GetEntriesSince`).
+    /// `GetEntriesSince`), as far as they are applied: a record fdatasynced but not yet
+    /// applied is neither read nor sent to a replica, so a replica (and a watch) is never
+    /// ahead of the LSN this node reports. With `sync: always` the log's durable LSN passes
+    /// the applied one for as long as the group's writers take to resume; replicas had
+    /// applied LSNs their primary did not report yet (the chaos run's prefix oracle).
     pub fn read_log(&self, after_lsn: u64) -> Result<wal::LogReader, DbError> {
-        Ok(self.inner.wal.read_from(after_lsn)?)
+        Ok(self.inner.wal.read_from(after_lsn, self.applied_lsn())?)
     }
 
-    /// Let `reader` (from [`Db::read_log`]) go on to what was committed since.
+    /// Let `reader` (from [`Db::read_log`]) go on to what was committed and applied since.
     pub fn read_log_on(&self, reader: &mut wal::LogReader) {
-        self.inner.wal.read_on(reader);
+        self.inner.wal.read_on(reader, self.applied_lsn());
     }
 
     /// Keep WAL segments from `lsn` on even when a snapshot covers them (replication uses it).

@@ -441,16 +441,17 @@ impl Wal {
         self.shared.pending.lock().next_lsn - 1
     }
 
-    /// Read the committed records after `after_lsn`, in order.
-    pub fn read_from(&self, after_lsn: u64) -> Result<LogReader> {
+    /// Read the committed records after `after_lsn` and up to `through`, in order.
+    pub fn read_from(&self, after_lsn: u64, through: u64) -> Result<LogReader> {
         let segments = self.shared.segments.lock().clone();
-        LogReader::new(segments, after_lsn, self.committed_lsn())
+        LogReader::new(segments, after_lsn, through.min(self.committed_lsn()))
     }
 
-    /// Let `reader` go on to what was committed since it was made (see `LogReader::extend`).
-    pub fn read_on(&self, reader: &mut LogReader) {
+    /// Let `reader` go on to what was committed since it was made, up to `through` (see
+    /// `LogReader::extend`).
+    pub fn read_on(&self, reader: &mut LogReader, through: u64) {
         let segments = self.shared.segments.lock().clone();
-        reader.extend(segments, self.committed_lsn());
+        reader.extend(segments, through.min(self.committed_lsn()));
     }
 
     /// Replication sets this to the lowest LSN a connected replica still needs; the segments

@@ -90,12 +90,12 @@ fn rotates_segments_and_reads_across_them() {
     );
     let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 512), 0, |_| {}).unwrap();
     let tail: Vec<u64> = wal
-        .read_from(120)
+        .read_from(120, u64::MAX)
         .unwrap()
         .map(|r| r.unwrap().lsn)
         .collect();
     assert_eq!(tail, (121..=200).collect::<Vec<_>>());
-    assert_eq!(wal.read_from(200).unwrap().count(), 0);
+    assert_eq!(wal.read_from(200, u64::MAX).unwrap().count(), 0);
 }
 
 #[test]
@@ -109,20 +109,24 @@ fn a_reader_goes_on_across_new_records_and_segments_and_reports_removal() {
         }
     };
     append(1, 10);
-    let mut reader = wal.read_from(0).unwrap();
+    let mut reader = wal.read_from(0, u64::MAX).unwrap();
     let read =
         |reader: &mut LogReader| -> Vec<u64> { reader.by_ref().map(|r| r.unwrap().lsn).collect() };
     assert_eq!(read(&mut reader), (1..=10).collect::<Vec<_>>());
     assert_eq!(read(&mut reader), Vec::<u64>::new(), "nothing new yet");
     // Enough to rotate through several 512-byte segments.
     append(11, 100);
-    wal.read_on(&mut reader);
-    assert_eq!(read(&mut reader), (11..=100).collect::<Vec<_>>());
+    // Only as far as asked (the store reads as far as it has applied).
+    wal.read_on(&mut reader, 40);
+    assert_eq!(read(&mut reader), (11..=40).collect::<Vec<_>>());
+    wal.read_on(&mut reader, u64::MAX);
+    assert_eq!(read(&mut reader), (41..=100).collect::<Vec<_>>());
+    assert_eq!(read(&mut wal.read_from(95, 97).unwrap()), [96, 97]);
     assert!(segments(dir.path()).len() > 3);
     // Retention removes the segment the reader is in: it ends with Trimmed, not garbage.
     append(101, 200);
     wal.remove_segments_through(180).unwrap();
-    wal.read_on(&mut reader);
+    wal.read_on(&mut reader, u64::MAX);
     match reader.next() {
         Some(Err(WalError::Trimmed { requested, oldest })) => {
             assert_eq!(requested, 101);
@@ -276,10 +280,14 @@ fn segment_removal_respects_snapshot_floor_and_active_segment() {
     // Every remaining record at or above the floor is still readable.
     assert!(after[0].first_lsn <= 61, "{:?}", after[0]);
     assert!(after.len() < before.len());
-    let read: Vec<u64> = wal.read_from(60).unwrap().map(|r| r.unwrap().lsn).collect();
+    let read: Vec<u64> = wal
+        .read_from(60, u64::MAX)
+        .unwrap()
+        .map(|r| r.unwrap().lsn)
+        .collect();
     assert_eq!(read, (61..=200).collect::<Vec<_>>());
     assert!(matches!(
-        wal.read_from(0),
+        wal.read_from(0, u64::MAX),
         Err(WalError::Trimmed { requested: 1, .. })
     ));
     wal.set_retention_floor(u64::MAX);
@@ -596,7 +604,7 @@ fn the_retention_floor_keeps_the_segment_holding_it() {
     wal.remove_segments_through(u64::MAX).unwrap();
     assert_eq!(segment::list(dir.path()).unwrap()[0].first_lsn, floor);
     let read: Vec<u64> = wal
-        .read_from(floor - 1)
+        .read_from(floor - 1, u64::MAX)
         .unwrap()
         .map(|r| r.unwrap().lsn)
         .collect();
@@ -608,7 +616,7 @@ fn a_reader_whose_segment_is_removed_meanwhile_reports_trimmed() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 200, 1024);
     let wal = Wal::open(dir.path(), options(SyncPolicy::Never, 1024), 0, |_| {}).unwrap();
-    let reader = wal.read_from(0).unwrap();
+    let reader = wal.read_from(0, u64::MAX).unwrap();
     let second = segment::list(dir.path()).unwrap()[1].first_lsn;
     wal.remove_segments_through(second - 1).unwrap();
     let err = reader
@@ -755,13 +763,13 @@ fn a_reader_sees_records_written_after_it_read_ahead_into_the_reserve() {
         }
     };
     append(1, 3);
-    let mut reader = wal.read_from(0).unwrap();
+    let mut reader = wal.read_from(0, u64::MAX).unwrap();
     let read =
         |reader: &mut LogReader| -> Vec<u64> { reader.by_ref().map(|r| r.unwrap().lsn).collect() };
     // Reading these buffers the zeros after them too.
     assert_eq!(read(&mut reader), vec![1, 2, 3]);
     append(4, 6);
-    wal.read_on(&mut reader);
+    wal.read_on(&mut reader, u64::MAX);
     assert_eq!(read(&mut reader), vec![4, 5, 6]);
 }
 
