@@ -846,6 +846,38 @@ mod tests {
     }
 
     #[test]
+    fn the_log_is_read_only_as_far_as_the_store_has_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DbOptions::new(dir.path(), SyncPolicy::Always);
+        opts.disk_reserve = 0;
+        let db = Db::open(opts).unwrap();
+        let set = |key: &'static str| {
+            db.submit_set(Bytes::from(key), Bytes::from("v"), SetOptions::default())
+                .unwrap()
+        };
+        set("a").wait().unwrap();
+        let lsns = |reader: &mut wal::LogReader| -> Vec<u64> {
+            reader.by_ref().map(|record| record.unwrap().lsn).collect()
+        };
+        // Logged and fdatasynced, but its writer has not applied it yet: what a replica or
+        // a watch reads between a group's fsync and its writers resuming.
+        let pending = set("b");
+        db.inner.wal.commit(2).unwrap();
+        assert_eq!(db.inner.wal.committed_lsn(), 2);
+        assert_eq!(db.applied_lsn(), 1);
+        let mut reader = db.read_log(0).unwrap();
+        assert_eq!(
+            lsns(&mut reader),
+            [1],
+            "a durable record not yet applied was read"
+        );
+
+        pending.wait().unwrap();
+        db.read_log_on(&mut reader);
+        assert_eq!(lsns(&mut reader), [2]);
+    }
+
+    #[test]
     fn a_snapshot_whose_header_disagrees_with_its_name_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut opts = DbOptions::new(dir.path(), SyncPolicy::Never);
