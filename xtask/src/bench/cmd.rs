@@ -5,9 +5,11 @@
 //! or a panic half-way never leaves a process behind.
 
 use std::ffi::OsStr;
+use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -72,22 +74,52 @@ impl Cmd {
         words.join(" ")
     }
 
-    /// Run to completion and return stdout; a failure carries stderr.
+    /// Run to completion and return stdout; a failure carries stderr. A run still going
+    /// after [`RUN_LIMIT`] is killed and is an error.
     pub fn output(&mut self) -> Result<String> {
-        let out = self
+        self.output_within(RUN_LIMIT)
+    }
+
+    /// [`Cmd::output`] with the run killed (and an error) once it has taken `limit`.
+    pub fn output_within(&mut self, limit: Duration) -> Result<String> {
+        self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        die_with_parent(&mut self.cmd);
+        let mut child = self
             .cmd
-            .output()
+            .spawn()
             .with_context(|| format!("could not start: {}", self.shown()))?;
-        if !out.status.success() {
+        // Read while it runs, so that a full pipe never stops it.
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "`{}` did not finish within {limit:?}; killed (is the server it drives \
+                     still up?)",
+                    self.shown()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let text = |pipe: JoinHandle<Vec<u8>>| {
+            String::from_utf8_lossy(&pipe.join().unwrap_or_default()).into_owned()
+        };
+        let (stdout, stderr) = (text(stdout), text(stderr));
+        if !status.success() {
             bail!(
-                "`{}` failed ({}): {}{}",
+                "`{}` failed ({status}): {}{}",
                 self.shown(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim(),
-                String::from_utf8_lossy(&out.stdout).trim()
+                stderr.trim(),
+                stdout.trim()
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(stdout)
     }
 
     /// Start as a server whose output goes to `log` (kept in its temp dir for post-mortems).
@@ -95,15 +127,7 @@ impl Cmd {
         let file =
             std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         self.cmd.stdout(file.try_clone()?).stderr(file);
-        // The drop guard cannot run if the xtask itself is killed (a cancelled CI job): the
-        // kernel then sends the server SIGTERM when its parent dies.
-        // SAFETY: the closure only makes one prctl system call, which is async-signal-safe.
-        unsafe {
-            self.cmd.pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(Signal::TERM))
-                    .map_err(std::io::Error::from)
-            });
-        }
+        die_with_parent(&mut self.cmd);
         let child = self
             .cmd
             .spawn()
@@ -118,6 +142,34 @@ impl Cmd {
     pub fn command(&mut self) -> &mut Command {
         &mut self.cmd
     }
+}
+
+/// The longest one run of a tool may take. Every run of the bench lasts seconds, so one still
+/// going after this has hung (redis-benchmark, for one, retries a server that is gone forever,
+/// at full CPU), and the bench stops with an error instead of never ending.
+pub const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// Have the kernel send `cmd`'s process SIGTERM when the xtask dies: the drop guards cannot
+/// run if the xtask itself is killed (a cancelled CI job).
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure only makes one prctl system call, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(Signal::TERM))
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Read `pipe` to its end on a thread of its own.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }
 
 fn quote(arg: &str) -> String {
@@ -209,4 +261,39 @@ impl Drop for Process {
 pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_returns_its_output_and_a_failure_says_why() {
+        let out = Cmd::new("sh", "sh").args(["-c", "echo out"]).output();
+        assert_eq!(out.unwrap(), "out\n");
+        let err = Cmd::new("sh", "sh")
+            .args(["-c", "echo oops >&2; exit 3"])
+            .output()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failed") && err.contains("oops"), "{err}");
+    }
+
+    #[test]
+    fn a_run_past_its_limit_is_killed_and_is_an_error() {
+        let started = Instant::now();
+        let err = Cmd::new("sleep", "sleep")
+            .arg("60")
+            .output_within(Duration::from_millis(200))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`sleep 60` did not finish within 200ms; killed"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "it was not killed"
+        );
+    }
 }
