@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -80,14 +80,34 @@ impl Cmd {
         self.output_within(RUN_LIMIT)
     }
 
+    /// [`Cmd::output`] of a run whose standard input `feed` writes, on a thread of its own
+    /// (the input ends when `feed` returns).
+    pub fn output_fed(
+        &mut self,
+        feed: impl FnOnce(ChildStdin) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<String> {
+        self.run(RUN_LIMIT, Some(Box::new(feed)))
+    }
+
     /// [`Cmd::output`] with the run killed (and an error) once it has taken `limit`.
     pub fn output_within(&mut self, limit: Duration) -> Result<String> {
+        self.run(limit, None)
+    }
+
+    fn run(&mut self, limit: Duration, feed: Option<Feed>) -> Result<String> {
+        if feed.is_some() {
+            self.cmd.stdin(Stdio::piped());
+        }
         self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         die_with_parent(&mut self.cmd);
         let mut child = self
             .cmd
             .spawn()
             .with_context(|| format!("could not start: {}", self.shown()))?;
+        let fed = match (feed, child.stdin.take()) {
+            (Some(feed), Some(stdin)) => Some(std::thread::spawn(move || feed(stdin))),
+            _ => None,
+        };
         // Read while it runs, so that a full pipe never stops it.
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
@@ -119,6 +139,11 @@ impl Cmd {
                 stdout.trim()
             );
         }
+        if let Some(fed) = fed {
+            fed.join()
+                .map_err(|_| anyhow::anyhow!("feeding `{}` panicked", self.shown()))?
+                .with_context(|| format!("feeding `{}`", self.shown()))?;
+        }
         Ok(stdout)
     }
 
@@ -137,12 +162,10 @@ impl Cmd {
             log: log.to_owned(),
         })
     }
-
-    /// The underlying command, for the few runs that need piped stdin.
-    pub fn command(&mut self) -> &mut Command {
-        &mut self.cmd
-    }
 }
+
+/// What writes a run's standard input.
+type Feed = Box<dyn FnOnce(ChildStdin) -> std::io::Result<()> + Send>;
 
 /// The longest one run of a tool may take. Every run of the bench lasts seconds, so one still
 /// going after this has hung (redis-benchmark, for one, retries a server that is gone forever,
@@ -265,6 +288,8 @@ pub fn on_path(program: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     #[test]
@@ -277,6 +302,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("failed") && err.contains("oops"), "{err}");
+    }
+
+    #[test]
+    fn a_fed_run_reads_all_its_input() {
+        let lines = Cmd::new("wc", "wc")
+            .arg("-l")
+            .output_fed(|mut stdin| {
+                for _ in 0..100_000 {
+                    stdin.write_all(b"a line\n")?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(lines.trim(), "100000");
     }
 
     #[test]

@@ -5,7 +5,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -230,15 +229,7 @@ pub fn load(redis: &Redis, count: u64, value_size: usize, commands: &mut Command
         &cmd,
         &format!("(SET key:%012d <{value_size} bytes> for {count} keys, in RESP) | "),
     );
-    let mut child = cmd
-        .command()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("start redis-cli --pipe")?;
-    let mut stdin = child.stdin.take().context("redis-cli stdin")?;
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+    let out = cmd.output_fed(move |mut stdin| {
         let value = "x".repeat(value_size);
         let mut buf = Vec::with_capacity(1 << 20);
         for i in 0..count {
@@ -249,15 +240,8 @@ pub fn load(redis: &Redis, count: u64, value_size: usize, commands: &mut Command
             }
         }
         stdin.write_all(&buf)
-    });
-    let out = child.wait_with_output()?;
-    writer.join().expect("writer thread")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success() && text.contains("errors: 0,"),
-        "redis-cli --pipe failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    })?;
+    ensure!(out.contains("errors: 0,"), "redis-cli --pipe failed: {out}");
     Ok(())
 }
 
