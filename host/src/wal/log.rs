@@ -723,8 +723,8 @@ impl Shared {
     /// durable writers on this project's test machine, the mean fdatasync went from 370-440
     /// µs to 250-290 µs (BENCHMARKS.md). PostgreSQL fills its WAL segments with zeros for the
     /// same reason (`wal_init_zero`). One group commit in every `INITIALIZE_AHEAD` of log
-    /// writes the zeros, and its fdatasync carries them. Best effort, as preallocation is: if the write fails, the
-    /// records' own write reports what is wrong with the disk.
+    /// writes the zeros, and its fdatasync carries them. Best effort, as preallocation is: if
+    /// the write fails, the records' own write reports what is wrong with the disk.
     fn initialize_ahead(&self, active: &mut Active, end: u64) {
         let from = active.initialized.max(end);
         let to = (end + INITIALIZE_AHEAD).min(self.opts.max_file_size);
