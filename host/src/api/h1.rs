@@ -142,9 +142,10 @@ where
             // replies just before it polls again: the other connections ready in this turn are
             // served first, and their answers reach the client together. Written at once, they
             // trickled out one request apart and woke a client that had already gone idle
-            // for each one. At 50 connections on one thread the client then slept 0.4-0.5
-            // times per answer instead of 0.1-0.15, and each wake-up cost the node's send
-            // about 4 µs; with the yield the node served about 10% more GETs/s.
+            // for each one. At 50 connections on one thread the client then slept 0.2-0.55
+            // times per answer instead of 0.1-0.15, waking it was the largest item in the
+            // node's profile (7.7%), and with the yield the node served about 10% more
+            // GETs/s (BENCHMARKS.md, session 13).
             tokio::task::yield_now().await;
         }
         if write_out(io, &mut out).await.is_err() {
