@@ -14,6 +14,7 @@
 //! is handed to hyper together with the bytes already read, and hyper serves the rest of the
 //! connection: its answers, refusals and errors stay the only ones for those cases.
 
+use std::cell::Cell;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
@@ -94,6 +95,7 @@ where
     // the channel's list each time.
     let mut shutdown = stop.clone();
     let mut stopped = pin!(shutdown.changed());
+    let on_this_thread = Counted::enter();
     loop {
         let mut answered = false;
         let missing = loop {
@@ -137,7 +139,7 @@ where
                 return Ending::Closed;
             }
         };
-        if answered {
+        if answered && on_this_thread.others() {
             // The answers wait for the end of the event loop's turn, as Redis writes its
             // replies just before it polls again: the other connections ready in this turn are
             // served first, and their answers reach the client together. Written at once, they
@@ -145,7 +147,9 @@ where
             // for each one. At 50 connections on one thread the client then slept 0.2-0.55
             // times per answer instead of 0.1-0.15, waking it was the largest item in the
             // node's profile (7.7%), and with the yield the node served about 10% more
-            // GETs/s (BENCHMARKS.md, session 13).
+            // GETs/s (BENCHMARKS.md, session 13). A connection alone on its thread has no
+            // answers to wait for: the yield would only add a poll of the driver to each
+            // round trip.
             tokio::task::yield_now().await;
         }
         if write_out(io, &mut out).await.is_err() {
@@ -465,6 +469,34 @@ fn encode(out: &mut Vec<u8>, answer: Answer, head_only: bool, close: bool) -> Re
         out.extend_from_slice(&body);
     }
     Ok(())
+}
+
+thread_local! {
+    /// Connections in [`serve`] on this thread now (each stays on the thread it started on).
+    static SERVING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// One connection counted in [`SERVING`] for as long as it is held.
+struct Counted;
+
+impl Counted {
+    fn enter() -> Counted {
+        SERVING.set(SERVING.get() + 1);
+        Counted
+    }
+
+    /// Whether other connections are served on this thread too.
+    fn others(&self) -> bool {
+        SERVING.get() > 1
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        // Saturating: a runtime dropped from another thread drops its connections there.
+        // The count only decides whether answers wait for the turn's end, never correctness.
+        SERVING.set(SERVING.get().saturating_sub(1));
+    }
 }
 
 /// Call `with` with the current date as HTTP writes it, formatted once a second per thread.
@@ -796,33 +828,65 @@ mod tests {
         }
     }
 
-    /// Why: a client whose connections are answered one by one as they are served wakes for
-    /// each answer (see the yield in `serve`).
-    #[tokio::test]
-    async fn answers_go_out_after_every_connection_ready_in_the_turn_was_served() {
+    fn test_state() -> (Arc<ApiState>, Deadlines) {
         use crate::api::state::{Limits, Security};
         let state = Arc::new(ApiState::new(Limits::default(), Security::default()));
         let deadlines = Deadlines {
             head: Duration::from_secs(10),
             body: Duration::from_secs(10),
         };
-        let (_stop_tx, stop) = watch::channel(false);
-        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut clients = Vec::new();
-        let mut servers = Vec::new();
-        for name in ["a", "b"] {
-            let (mut near, far) = tokio::io::duplex(4096);
+        (state, deadlines)
+    }
+
+    /// Connections: the client ends, and the node's ends, which note their reads and writes
+    /// in `log`.
+    fn connections(
+        names: &[&'static str],
+        log: &Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> (Vec<tokio::io::DuplexStream>, Vec<Logged>) {
+        names
+            .iter()
+            .map(|&name| {
+                let (near, far) = tokio::io::duplex(4096);
+                let log = Arc::clone(log);
+                (near, Logged { name, io: far, log })
+            })
+            .unzip()
+    }
+
+    /// Poll `serving` once; true while it goes on (the connection stays open).
+    async fn poll_once(serving: Pin<&mut impl Future<Output = Ending>>) -> bool {
+        let mut serving = Some(serving);
+        std::future::poll_fn(|cx| {
+            let serving = serving.take().expect("polled once");
+            Poll::Ready(serving.poll(cx).is_pending())
+        })
+        .await
+    }
+
+    /// Send a request on each of `clients`.
+    async fn send_requests(clients: &mut [tokio::io::DuplexStream]) {
+        for near in clients {
             near.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
                 .await
                 .unwrap();
-            clients.push(near);
-            servers.push(Logged {
-                name,
-                io: far,
-                log: Arc::clone(&log),
-            });
         }
+    }
+
+    /// Why: a client whose connections are answered one by one as they are served wakes for
+    /// each answer (see the yield in `serve`).
+    #[tokio::test]
+    async fn answers_go_out_after_every_connection_ready_in_the_turn_was_served() {
+        let (state, deadlines) = test_state();
+        let (_stop_tx, stop) = watch::channel(false);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut clients, servers) = connections(&["a", "b"], &log);
         let [mut a, mut b] = <[Logged; 2]>::try_from(servers).ok().unwrap();
+        let mut serving_a = pin!(serve(&mut a, &state, &deadlines, &stop));
+        let mut serving_b = pin!(serve(&mut b, &state, &deadlines, &stop));
+        // Both connections are open before any request comes, as on a node.
+        assert!(poll_once(serving_a.as_mut()).await && poll_once(serving_b.as_mut()).await);
+        send_requests(&mut clients).await;
         let answers = async {
             for near in &mut clients {
                 let mut answer = [0u8; 12];
@@ -831,11 +895,7 @@ mod tests {
             }
             clients.clear();
         };
-        let (_, _, ()) = tokio::join!(
-            serve(&mut a, &state, &deadlines, &stop),
-            serve(&mut b, &state, &deadlines, &stop),
-            answers,
-        );
+        tokio::join!(serving_a, serving_b, answers);
         // (`join!` takes its branches in turns, so which connection comes first varies.)
         let mut log = log.lock().unwrap().clone();
         log[..2].sort();
@@ -845,6 +905,24 @@ mod tests {
             ["read a", "read b", "write a", "write b"],
             "{log:?}"
         );
+    }
+
+    /// A connection alone on its thread has nothing to wait for: its answer goes out in the
+    /// same poll as its request came in.
+    #[tokio::test]
+    async fn a_connection_alone_on_its_thread_is_answered_at_once() {
+        let (state, deadlines) = test_state();
+        let (_stop_tx, stop) = watch::channel(false);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut clients, mut servers) = connections(&["a"], &log);
+        let mut serving = pin!(serve(&mut servers[0], &state, &deadlines, &stop));
+        assert!(poll_once(serving.as_mut()).await);
+        send_requests(&mut clients).await;
+        assert!(
+            poll_once(serving.as_mut()).await,
+            "the connection stays open"
+        );
+        assert_eq!(*log.lock().unwrap(), ["read a", "write a"]);
     }
 
     #[tokio::test]
