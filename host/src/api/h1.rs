@@ -472,7 +472,8 @@ fn encode(out: &mut Vec<u8>, answer: Answer, head_only: bool, close: bool) -> Re
 }
 
 thread_local! {
-    /// Connections in [`serve`] on this thread now (each stays on the thread it started on).
+    /// Connections in [`serve`] on this thread now. Each is served on one lane's thread for
+    /// its whole life (`lanes.rs`).
     static SERVING: Cell<usize> = const { Cell::new(0) };
 }
 
@@ -493,8 +494,9 @@ impl Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        // Saturating: a runtime dropped from another thread drops its connections there.
-        // The count only decides whether answers wait for the turn's end, never correctness.
+        // A connection ends on its lane's thread (`lanes.rs` drops each runtime on its own
+        // thread), so this undoes its `enter`. Saturating all the same: the count only
+        // decides whether answers wait for the turn's end, and must never panic a node.
         SERVING.set(SERVING.get().saturating_sub(1));
     }
 }
