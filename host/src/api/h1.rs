@@ -98,6 +98,9 @@ where
     let on_this_thread = Counted::enter();
     loop {
         let mut answered = false;
+        // Whether a handler had to wait (the log's group commit yields once, for one): its
+        // answer then already comes after a poll of the driver.
+        let mut waited = false;
         let missing = loop {
             let request = match parse(&buf, &mut fields) {
                 Parsed::Whole(request) => request,
@@ -124,7 +127,8 @@ where
                         fields: &fields[..request.header_count],
                     };
                     let head = request.head(&target, &lines);
-                    (handle(state, head, RequestBody::Whole(body)).await, close)
+                    let handled = handle(state, head, RequestBody::Whole(body));
+                    (noting_waits(handled, &mut waited).await, close)
                 }
                 None => (bad_request(), true),
             };
@@ -139,7 +143,7 @@ where
                 return Ending::Closed;
             }
         };
-        if answered && on_this_thread.others() {
+        if answered && !waited && on_this_thread.others() {
             // The answers wait for the end of the event loop's turn, as Redis writes its
             // replies just before it polls again: the other connections ready in this turn are
             // served first, and their answers reach the client together. Written at once, they
@@ -148,8 +152,9 @@ where
             // times per answer instead of 0.1-0.15, waking it was the largest item in the
             // node's profile (7.7%), and with the yield the node served about 10% more
             // GETs/s (BENCHMARKS.md, session 13). A connection alone on its thread has no
-            // answers to wait for: the yield would only add a poll of the driver to each
-            // round trip.
+            // answers to wait for, and one whose handler waited is already past a poll of
+            // the driver (SETs: p50 3-5% lower without the second wait): the yield would
+            // only add a poll to the round trip.
             tokio::task::yield_now().await;
         }
         if write_out(io, &mut out).await.is_err() {
@@ -469,6 +474,17 @@ fn encode(out: &mut Vec<u8>, answer: Answer, head_only: bool, close: bool) -> Re
         out.extend_from_slice(&body);
     }
     Ok(())
+}
+
+/// `future`'s output; sets `waited` if it was ever pending on the way.
+async fn noting_waits<F: Future>(future: F, waited: &mut bool) -> F::Output {
+    let mut future = pin!(future);
+    std::future::poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        *waited |= poll.is_pending();
+        poll
+    })
+    .await
 }
 
 thread_local! {
@@ -925,6 +941,21 @@ mod tests {
             "the connection stays open"
         );
         assert_eq!(*log.lock().unwrap(), ["read a", "write a"]);
+    }
+
+    #[tokio::test]
+    async fn a_future_that_was_pending_is_noted() {
+        let mut waited = false;
+        assert_eq!(noting_waits(async { 1 }, &mut waited).await, 1);
+        assert!(!waited, "ready at once");
+        let yielding = async {
+            tokio::task::yield_now().await;
+            2
+        };
+        assert_eq!(noting_waits(yielding, &mut waited).await, 2);
+        assert!(waited, "pending once");
+        assert_eq!(noting_waits(async { 3 }, &mut waited).await, 3);
+        assert!(waited, "a wait stays noted");
     }
 
     #[tokio::test]
