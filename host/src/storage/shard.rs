@@ -7,7 +7,7 @@ use foldhash::fast::RandomState;
 use indexmap::{Equivalent, IndexSet, set::MutableValues};
 use parking_lot::RwLock;
 
-use super::entry::Entry;
+use super::entry::{ENTRY_OVERHEAD, Entry};
 use super::sample::distinct_indices;
 
 /// A shard behind its lock, aligned to two cache lines so that the lock word of one shard never
@@ -60,6 +60,12 @@ impl ShardData {
 
     pub(super) fn memory(&self) -> u64 {
         self.memory
+    }
+
+    /// Bytes of the keys and values stored: the memory tally without each entry's overhead.
+    pub(super) fn payload_bytes(&self) -> usize {
+        let overhead = (self.map.len() as u64).saturating_mul(ENTRY_OVERHEAD);
+        usize::try_from(self.memory.saturating_sub(overhead)).unwrap_or(0)
     }
 
     pub(super) fn get(&self, key: &[u8]) -> Option<&Entry> {
