@@ -153,8 +153,10 @@ where
             // node's profile (7.7%), and with the yield the node served about 10% more
             // GETs/s (BENCHMARKS.md, session 13). A connection alone on its thread has no
             // answers to wait for, and one whose handler waited is already past a poll of
-            // the driver (SETs: p50 3-5% lower without the second wait): the yield would
-            // only add a poll to the round trip.
+            // the driver: the yield would only add a poll to the round trip. (On an AMD host
+            // the p50 without that second wait was 3-5% lower for SETs and up to 18% for
+            // batched SETs; on an Intel one single SETs gained from it and batched ones
+            // lost: BENCHMARKS.md, session 14.)
             tokio::task::yield_now().await;
         }
         if write_out(io, &mut out).await.is_err() {
