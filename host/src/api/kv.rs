@@ -11,7 +11,7 @@ use super::proto::{
     GetUpdatesResponse, MultiGetRequest, MultiGetResponse, Mutation, Op, SetRequest, SetResponse,
     WriteRequest, WriteResponse,
 };
-use super::state::ApiState;
+use super::state::{ApiState, Validator};
 use crate::clock::now_ms;
 use crate::db::{DbError, SetOptions};
 use crate::plugins::WriteCheck;
@@ -108,7 +108,7 @@ pub async fn set(
     state.limits.check_key(&req.key)?;
     state.limits.check_value(&req.value)?;
     check_ttl(req.ttl_ms)?;
-    state.validate(&WriteCheck {
+    state.validator().check(&WriteCheck {
         delete: false,
         key: &req.key,
         value: &req.value,
@@ -133,7 +133,7 @@ pub async fn delete(
 ) -> Result<DeleteResponse, ConnectError> {
     state.check_primary()?;
     state.limits.check_key(&req.key)?;
-    state.validate(&WriteCheck {
+    state.validator().check(&WriteCheck {
         delete: true,
         key: &req.key,
         value: &[],
@@ -160,17 +160,19 @@ pub async fn write(
     state
         .limits
         .check_batch(req.mutations.len(), &state.metrics)?;
-    let mut total = 0usize;
-    let mutations = req
-        .mutations
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            total += m.key.len() + m.value.len();
-            to_mutation(state, m)
-                .map_err(|e| ConnectError::new(e.code, format!("mutation {i}: {}", e.message)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mutations = {
+        // Let go before the write is waited for: a guard held across an await pins the
+        // chain's old version for as long.
+        let validator = state.validator();
+        req.mutations
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                to_mutation(state, &validator, m)
+                    .map_err(|e| ConnectError::new(e.code, format!("mutation {i}: {}", e.message)))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let lsn = state.db()?.submit_write(mutations)?.wait_async().await?;
     wait_for_replicas(state, lsn, req.min_replicas, wait).await?;
     Ok(WriteResponse { lsn })
@@ -178,13 +180,17 @@ pub async fn write(
 
 /// One mutation of a batch, checked and validated: a batch is validated entry by entry, and
 /// one veto refuses the whole batch.
-fn to_mutation(state: &ApiState, m: Mutation) -> Result<wal::Mutation, ConnectError> {
+fn to_mutation(
+    state: &ApiState,
+    validator: &Validator,
+    m: Mutation,
+) -> Result<wal::Mutation, ConnectError> {
     state.limits.check_key(&m.key)?;
     match Op::try_from(m.op) {
         Ok(Op::Set) => {
             state.limits.check_value(&m.value)?;
             check_ttl(m.ttl_ms)?;
-            state.validate(&WriteCheck {
+            validator.check(&WriteCheck {
                 delete: false,
                 key: &m.key,
                 value: &m.value,
@@ -197,7 +203,7 @@ fn to_mutation(state: &ApiState, m: Mutation) -> Result<wal::Mutation, ConnectEr
             })
         }
         Ok(Op::Delete) => {
-            state.validate(&WriteCheck {
+            validator.check(&WriteCheck {
                 delete: true,
                 key: &m.key,
                 value: &[],

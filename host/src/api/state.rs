@@ -208,15 +208,11 @@ impl ApiState {
         }
     }
 
-    /// Run the validate chain on one write: a veto is `permission_denied` with its reason.
-    pub fn validate(&self, write: &WriteCheck<'_>) -> Result<(), ConnectError> {
-        match &*self.plugins.load() {
-            Some(plugins) => plugins
-                .validate
-                .check(write)
-                .map_err(|reason| ConnectError::new(Code::PermissionDenied, reason)),
-            None => Ok(()),
-        }
+    /// The validate chain as loaded now, for one request: every write of a batch is then
+    /// checked by the same chain even if a plugin reload lands meanwhile, and the chain is
+    /// loaded once per request, not once per key.
+    pub fn validator(&self) -> Validator {
+        Validator(self.plugins.load())
     }
 
     /// Writes are taken by the primary only: on a replica, the error names the primary.
@@ -244,6 +240,22 @@ impl ApiState {
 
 fn recovering() -> ConnectError {
     ConnectError::unavailable("the node is recovering its data; retry shortly")
+}
+
+/// The validate chain one request's writes are checked by (see [`ApiState::validator`]).
+pub struct Validator(arc_swap::Guard<Option<Arc<Plugins>>>);
+
+impl Validator {
+    /// Run the chain on one write: a veto is `permission_denied` with its reason.
+    pub fn check(&self, write: &WriteCheck<'_>) -> Result<(), ConnectError> {
+        match &*self.0 {
+            Some(plugins) => plugins
+                .validate
+                .check(write)
+                .map_err(|reason| ConnectError::new(Code::PermissionDenied, reason)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The node's store as one request sees it (see [`ApiState::db`]).
