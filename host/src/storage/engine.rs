@@ -189,6 +189,10 @@ impl Engine {
                     Some((entry, entry.is_expired(now_ms)))
                 })
                 .collect();
+            // Their keys and values, which the visits read (and a batch's writes overwrite).
+            for (entry, _) in candidates.iter().flatten() {
+                entry.warm();
+            }
             let answers = chunk.iter().zip(shard_of_key.iter().zip(candidates));
             for (i, (item, (&shard, candidate))) in answers.enumerate() {
                 let key = key_of(item);
@@ -263,9 +267,11 @@ impl Engine {
                 true
             }
             Replaced::Entry { cost: old } => {
-                if cost >= old {
+                // An overwrite of the same size, the common one, changes no counter: no
+                // atomic add of 0, which would still be a full fence.
+                if cost > old {
                     self.counters.memory.fetch_add(cost - old, Relaxed);
-                } else {
+                } else if cost < old {
                     self.counters.memory.fetch_sub(old - cost, Relaxed);
                 }
                 false
