@@ -148,8 +148,9 @@ impl Engine {
     /// its key and value), and one key after another they add up. So each chunk of keys takes
     /// the read lock of every shard it touches first, and then looks its keys up in passes of
     /// plain loads that the CPU can overlap across keys: each key's slot in its shard's table,
-    /// then the entries in those slots, then their keys (a lock taken per key would be an
-    /// atomic read-modify-write, a full fence on x86, between one key's misses and the next).
+    /// then the entries in those slots, then the lines of their keys and values, and only then
+    /// the visits (a lock taken per key would be an atomic read-modify-write, a full fence on
+    /// x86, between one key's misses and the next).
     /// The locks are taken in shard order, so two batches never wait for each other (every
     /// other caller holds one shard lock at a time), and for one chunk only, so a large batch
     /// never holds writers up for long. `now_ms` 0 counts nothing as expired.

@@ -33,7 +33,8 @@ pub fn entry_cost(key_len: usize, value_len: usize) -> u64 {
         .saturating_add(ENTRY_OVERHEAD)
 }
 
-/// Bytes of a cache line on the machines wasmkv runs on (x86-64 and 64-bit ARM).
+/// Bytes of a cache line on x86-64 and most 64-bit ARM cores (reading every 64th byte covers
+/// larger lines too).
 const CACHE_LINE: usize = 64;
 
 /// How much of an entry's key and value [`Entry::warm`] reads: past a few lines, copying a
