@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use super::apply;
+use super::apply::{self, WARM_WINDOW};
 use crate::storage::{Engine, EvictionError, Evictor, entry_cost};
 use crate::wal::{Command, MutationRef};
 
@@ -230,26 +230,136 @@ impl Sequencer {
 
     /// Apply, in LSN order, every pending record at or below `committed_lsn`. Returns the LSN
     /// of the last one applied, if any.
+    ///
+    /// The records go in windows of about `WARM_WINDOW` keys, each warmed in one pass
+    /// (`apply::warm`) before it is applied: a group commit makes a whole event-loop turn's
+    /// writes committed at once, and applied one after another each would wait for its key's
+    /// entry to come from memory in turn.
     pub fn apply_through(&mut self, engine: &Engine, committed_lsn: u64) -> Option<u64> {
         let mut last = None;
-        while self.pending.front().is_some_and(|r| r.lsn <= committed_lsn) {
-            let record = self.pending.pop_front().expect("checked");
-            self.entries_delta -= record.entries_delta;
-            self.memory_delta -= record.memory_delta;
-            record.command.for_each_mutation(|mutation| {
-                let key = mutation.key();
-                if self
-                    .overlay
-                    .get(key)
-                    .is_some_and(|&(lsn, _)| lsn == record.lsn)
-                {
-                    self.overlay.remove(key);
-                }
-            });
-            apply::warm(engine, &record.command);
-            apply::apply(engine, record.lsn, &record.command);
-            last = Some(record.lsn);
+        loop {
+            let window = self.next_window(committed_lsn);
+            if window == 0 {
+                return last;
+            }
+            apply::warm(engine, self.pending.range(..window).map(|r| &r.command));
+            for record in self.pending.drain(..window) {
+                self.entries_delta -= record.entries_delta;
+                self.memory_delta -= record.memory_delta;
+                record.command.for_each_mutation(|mutation| {
+                    let key = mutation.key();
+                    if self
+                        .overlay
+                        .get(key)
+                        .is_some_and(|&(lsn, _)| lsn == record.lsn)
+                    {
+                        self.overlay.remove(key);
+                    }
+                });
+                apply::apply(engine, record.lsn, &record.command);
+                last = Some(record.lsn);
+            }
         }
-        last
+    }
+
+    /// How many of the first pending records to apply together: those at or below
+    /// `committed_lsn`, as long as they hold at most `WARM_WINDOW` keys in all (but at least
+    /// one record, whatever its size).
+    fn next_window(&self, committed_lsn: u64) -> usize {
+        let (mut records, mut keys) = (0, 0);
+        self.pending
+            .iter()
+            .take_while(|r| r.lsn <= committed_lsn)
+            .take_while(|r| {
+                keys += r.command.mutation_count();
+                records += 1;
+                records == 1 || keys <= WARM_WINDOW
+            })
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{EngineOptions, builtin_policy};
+    use crate::wal::Mutation;
+
+    fn set(key: String, value: &'static str) -> Command {
+        Command::Set {
+            key: key.into(),
+            value: Bytes::from_static(value.as_bytes()),
+            expires_at_ms: 0,
+        }
+    }
+
+    /// Log `command` as the next record, as `Db` does: plan, then record.
+    fn log(seq: &mut Sequencer, engine: &Engine, lsn: &mut u64, command: Command) {
+        *lsn += 1;
+        let plan = seq.plan(engine, &command, 0);
+        seq.record(*lsn, command, plan);
+    }
+
+    #[test]
+    fn committed_records_are_applied_in_windows_of_keys_and_in_lsn_order() {
+        let engine = Engine::new(EngineOptions::default());
+        let lru = builtin_policy("lru").expect("built in");
+        let mut seq = Sequencer::new(Evictor::new(lru, 5), Limits::default());
+        let mut lsn = 0;
+        // LSNs 1-70: single sets; 71: a batch larger than a window; 72-81: the first ten
+        // keys set again.
+        for i in 0..70 {
+            log(&mut seq, &engine, &mut lsn, set(format!("k{i}"), "first"));
+        }
+        let batch = (0..100)
+            .map(|i| Mutation::Set {
+                key: format!("b{i}").into(),
+                value: Bytes::from_static(b"batch"),
+                expires_at_ms: 0,
+            })
+            .collect();
+        log(&mut seq, &engine, &mut lsn, Command::Batch(batch));
+        for i in 0..10 {
+            log(&mut seq, &engine, &mut lsn, set(format!("k{i}"), "second"));
+        }
+
+        assert_eq!(seq.next_window(0), 0, "nothing is committed");
+        assert_eq!(
+            seq.next_window(10),
+            10,
+            "a window stops at the committed LSN"
+        );
+        assert_eq!(
+            seq.next_window(81),
+            WARM_WINDOW,
+            "a window holds WARM_WINDOW keys"
+        );
+        assert_eq!(seq.apply_through(&engine, 66), Some(66));
+        assert_eq!(engine.len(), 66);
+        // Four single sets are left before the batch, which would take the window past its
+        // keys; the batch then goes alone, however large.
+        assert_eq!(seq.next_window(81), 4);
+        assert_eq!(seq.apply_through(&engine, 70), Some(70));
+        assert_eq!(seq.next_window(81), 1);
+        assert_eq!(seq.apply_through(&engine, 81), Some(81));
+        assert_eq!(
+            seq.apply_through(&engine, 81),
+            None,
+            "everything was applied"
+        );
+
+        assert_eq!(engine.len(), 170);
+        for i in 0..70u64 {
+            let item = engine.get(format!("k{i}").as_bytes(), 0).expect("applied");
+            let (value, version) = if i < 10 {
+                ("second", 72 + i)
+            } else {
+                ("first", i + 1)
+            };
+            assert_eq!((&item.value[..], item.version), (value.as_bytes(), version));
+        }
+        assert!(engine.get(b"b99", 0).is_some_and(|item| item.version == 71));
+        assert!(!seq.is_pending(b"k0") && !seq.is_pending(b"b0"));
+        assert_eq!(seq.projected(&engine), (engine.len(), engine.memory()));
     }
 }
