@@ -231,10 +231,10 @@ impl Sequencer {
     /// Apply, in LSN order, every pending record at or below `committed_lsn`. Returns the LSN
     /// of the last one applied, if any.
     ///
-    /// The records go in windows of about `WARM_WINDOW` keys, each warmed in one pass
-    /// (`apply::warm`) before it is applied: a group commit makes a whole event-loop turn's
-    /// writes committed at once, and applied one after another each would wait for its key's
-    /// entry to come from memory in turn.
+    /// The records go in windows of at most `WARM_WINDOW` keys (or one larger record), each
+    /// warmed in one pass (`apply::warm`) before it is applied: a group commit makes a whole
+    /// event-loop turn's writes committed at once, and applied one after another each would
+    /// wait for its key's entry to come from memory in turn.
     pub fn apply_through(&mut self, engine: &Engine, committed_lsn: u64) -> Option<u64> {
         let mut last = None;
         loop {

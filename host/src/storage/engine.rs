@@ -136,8 +136,9 @@ impl Engine {
     }
 
     /// Bring the entries of `keys` into the CPU's cache, as [`Engine::get_many`] looks them
-    /// up, without reading or changing them: a batch of writes then finds every key it
-    /// overwrites there, where one lookup after another would wait for each in turn.
+    /// up, without reading or changing them: writes applied together (a batch, or a group
+    /// commit's records) then find every key they overwrite there, where one lookup after
+    /// another would wait for each in turn.
     pub fn warm<T>(&self, items: &[T], key: impl Fn(&T) -> &[u8]) {
         self.visit_many(items, key, 0, |_, _| {});
     }
