@@ -17,7 +17,7 @@ use crate::api::lanes::Lanes;
 use crate::api::{ApiState, Limits, Security, server};
 use crate::auth::{Secret, TokenSet};
 use crate::client::ClientOptions;
-use crate::config::{AuthConfig, Config, ConfigError, PluginsConfig};
+use crate::config::{AuthConfig, Config, ConfigError, PluginsConfig, SyncMode};
 use crate::plugins::{LoadError, Plugins};
 use crate::replication::{Replication, ReplicationError, ReplicationOptions};
 use crate::storage::EvictionPolicy;
@@ -83,6 +83,11 @@ impl Node {
             max_connections: usize::try_from(config.limits.max_connections).unwrap_or(usize::MAX),
             header_read_timeout: config.limits.header_read_timeout,
             max_streams_per_connection: config.limits.max_streams_per_connection,
+            pacing: if config.wal.sync == SyncMode::Always {
+                server::Pacing::TurnEndUnlessWaited
+            } else {
+                server::Pacing::TurnEnd
+            },
         };
         let link = ClientOptions {
             tls: config.replication.tls.clone(),

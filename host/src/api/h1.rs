@@ -68,12 +68,26 @@ pub struct Deadlines {
     pub body: Duration,
 }
 
+/// When a connection that shares its thread with others writes the answers it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// At the end of the event loop's turn, whatever the handlers did.
+    TurnEnd,
+    /// At the end of the turn, except after a handler that had to wait, whose answer goes at
+    /// once. For `sync: always`, where a write waits for its group's fdatasync: the writers
+    /// of a group resume together when it completes, so their answers already go out
+    /// together, and holding them only puts the next turn's reads before them (durable SETs
+    /// at 50 connections: fewer requests/s in 6 of 6 pairs, BENCHMARKS.md, session 17).
+    TurnEndUnlessWaited,
+}
+
 /// Serve requests on `io` until it closes, `stop` turns true while it is idle, or a request
 /// needs hyper.
 pub async fn serve<I>(
     io: &mut I,
     state: &Arc<ApiState>,
     deadlines: &Deadlines,
+    pacing: Pacing,
     stop: &Stop,
 ) -> Ending
 where
@@ -98,8 +112,7 @@ where
     let on_this_thread = Counted::enter();
     loop {
         let mut answered = false;
-        // Whether a handler had to wait (the log's group commit yields once, for one): its
-        // answer then already comes after a poll of the driver.
+        // Whether a handler had to wait (for a group commit: see `Pacing`).
         let mut waited = false;
         let missing = loop {
             let request = match parse(&buf, &mut fields) {
@@ -143,7 +156,11 @@ where
                 return Ending::Closed;
             }
         };
-        if answered && !waited && on_this_thread.others() {
+        let holds = match pacing {
+            Pacing::TurnEnd => true,
+            Pacing::TurnEndUnlessWaited => !waited,
+        };
+        if answered && holds && on_this_thread.others() {
             // The answers wait for the end of the event loop's turn, as Redis writes its
             // replies just before it polls again: the other connections ready in this turn are
             // served first, and their answers reach the client together. Written at once, they
@@ -152,11 +169,13 @@ where
             // times per answer instead of 0.1-0.15, waking it was the largest item in the
             // node's profile (7.7%), and with the yield the node served about 10% more
             // GETs/s (BENCHMARKS.md, session 13). A connection alone on its thread has no
-            // answers to wait for, and one whose handler waited is already past a poll of
-            // the driver: the yield would only add a poll to the round trip. (On an AMD host
-            // the p50 without that second wait was 3-5% lower for SETs and up to 18% for
-            // batched SETs; on an Intel one single SETs gained from it and batched ones
-            // lost: BENCHMARKS.md, session 14.)
+            // answers to wait for: the yield would only add a poll to the round trip.
+            //
+            // A write's answer waits too, though its handler already yielded once for the
+            // log's group commit: the turn after that yield then reads more requests before
+            // the answers go out, so the next group is larger. With that wait, single SETs
+            // had a lower p99 in 11 of 14 pairs under `sync: never` (5 of 9 under
+            // `interval`), and 16-key batches in 7 of 8 (BENCHMARKS.md, session 17).
             tokio::task::yield_now().await;
         }
         if write_out(io, &mut out).await.is_err() {
@@ -902,8 +921,8 @@ mod tests {
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (mut clients, servers) = connections(&["a", "b"], &log);
         let [mut a, mut b] = <[Logged; 2]>::try_from(servers).ok().unwrap();
-        let mut serving_a = pin!(serve(&mut a, &state, &deadlines, &stop));
-        let mut serving_b = pin!(serve(&mut b, &state, &deadlines, &stop));
+        let mut serving_a = pin!(serve(&mut a, &state, &deadlines, Pacing::TurnEnd, &stop));
+        let mut serving_b = pin!(serve(&mut b, &state, &deadlines, Pacing::TurnEnd, &stop));
         // Both connections are open before any request comes, as on a node.
         assert!(poll_once(serving_a.as_mut()).await && poll_once(serving_b.as_mut()).await);
         send_requests(&mut clients).await;
@@ -935,7 +954,13 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (mut clients, mut servers) = connections(&["a"], &log);
-        let mut serving = pin!(serve(&mut servers[0], &state, &deadlines, &stop));
+        let mut serving = pin!(serve(
+            &mut servers[0],
+            &state,
+            &deadlines,
+            Pacing::TurnEnd,
+            &stop
+        ));
         assert!(poll_once(serving.as_mut()).await);
         send_requests(&mut clients).await;
         assert!(
@@ -943,6 +968,66 @@ mod tests {
             "the connection stays open"
         );
         assert_eq!(*log.lock().unwrap(), ["read a", "write a"]);
+    }
+
+    /// A state whose store takes writes, logged with `sync: never`, in `dir`.
+    fn writable_state(dir: &std::path::Path) -> Arc<ApiState> {
+        use crate::db::DbOptions;
+        use crate::replication::{Replication, ReplicationOptions};
+        use crate::wal::SyncPolicy;
+        let (state, _) = test_state();
+        let options = ReplicationOptions {
+            primary: None,
+            labels: Default::default(),
+            advertise: "127.0.0.1:1".to_owned(),
+            ack_interval: Duration::from_secs(1),
+            allow_full_resync_from_empty: false,
+            backlog_max: 1 << 20,
+            backlog_max_age: Duration::from_secs(60),
+            link: crate::client::ClientOptions::default(),
+        };
+        let db_options = DbOptions::new(dir, SyncPolicy::Never);
+        let replication =
+            Replication::open(dir, db_options, options, Arc::clone(&state.store)).unwrap();
+        assert!(state.replication.set(Arc::new(replication)).is_ok());
+        state
+    }
+
+    /// Why: a write's answer waits for the end of the turn after its group commit's yield too
+    /// (the next group is larger), except where `Pacing` says its wait already grouped the
+    /// answers (an fsync, under `sync: always`).
+    #[tokio::test]
+    async fn a_write_is_answered_at_the_end_of_the_turn_after_its_group_commit() {
+        // One poll reads the request and yields for the group commit; the next commits.
+        for (pacing, polls_to_answer) in [(Pacing::TurnEnd, 3), (Pacing::TurnEndUnlessWaited, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = writable_state(dir.path());
+            let (_, deadlines) = test_state();
+            let (_stop_tx, stop) = watch::channel(false);
+            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+            // A second connection on the thread, so that there is a turn to wait for.
+            let (mut clients, servers) = connections(&["a", "b"], &log);
+            let [mut a, mut b] = <[Logged; 2]>::try_from(servers).ok().unwrap();
+            let mut serving_a = pin!(serve(&mut a, &state, &deadlines, pacing, &stop));
+            let mut serving_b = pin!(serve(&mut b, &state, &deadlines, pacing, &stop));
+            assert!(poll_once(serving_a.as_mut()).await && poll_once(serving_b.as_mut()).await);
+            clients[0]
+                .write_all(b"PUT /v1/kv/k HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nv")
+                .await
+                .unwrap();
+            let mut polls = 0;
+            while !log.lock().unwrap().iter().any(|e| e == "write a") {
+                assert!(polls < 5, "{pacing:?}: no answer after {polls} polls");
+                assert!(poll_once(serving_a.as_mut()).await);
+                polls += 1;
+            }
+            assert_eq!(polls, polls_to_answer, "{pacing:?}");
+            let mut answer = [0u8; 12];
+            clients[0].read_exact(&mut answer).await.unwrap();
+            assert_eq!(&answer, b"HTTP/1.1 200", "{pacing:?}");
+            let db = state.db().unwrap();
+            assert_eq!(&db.get(b"k").unwrap().value[..], b"v", "{pacing:?}");
+        }
     }
 
     #[tokio::test]

@@ -31,6 +31,7 @@ use super::codec::WireMessage;
 use super::connect::{self, Answer, RequestBody, ResponseBody};
 use super::error::{Code, ConnectError};
 use super::h1;
+pub use super::h1::Pacing;
 use super::head::{Head, Headers};
 use super::lanes::Lanes;
 use super::state::ApiState;
@@ -59,6 +60,8 @@ pub struct ServerOptions {
     pub header_read_timeout: Duration,
     /// Most concurrent requests on one HTTP/2 connection.
     pub max_streams_per_connection: u32,
+    /// When the HTTP/1.1 fast path writes a connection's answers.
+    pub pacing: Pacing,
 }
 
 impl Default for ServerOptions {
@@ -68,6 +71,7 @@ impl Default for ServerOptions {
             max_connections: 0,
             header_read_timeout: Duration::from_secs(10),
             max_streams_per_connection: 256,
+            pacing: Pacing::TurnEnd,
         }
     }
 }
@@ -80,6 +84,7 @@ struct Listener {
     header_read_timeout: Duration,
     /// What the HTTP/1.1 fast path holds a request to.
     deadlines: h1::Deadlines,
+    pacing: Pacing,
     max_connections: usize,
 }
 
@@ -111,6 +116,7 @@ pub async fn serve(
             head: options.header_read_timeout,
             body: state.limits.body_read_timeout,
         },
+        pacing: options.pacing,
         max_connections: options.max_connections,
     });
     // Tells the fast path's connections to close once idle; hyper's have `graceful`. Its
@@ -242,10 +248,12 @@ impl Listener {
     {
         let refuse = stop.is_none();
         let read = match stop {
-            Some(stop) => match h1::serve(&mut io, &self.state, &self.deadlines, &stop).await {
-                h1::Ending::Closed => return,
-                h1::Ending::HandOver(read) => read,
-            },
+            Some(stop) => {
+                match h1::serve(&mut io, &self.state, &self.deadlines, self.pacing, &stop).await {
+                    h1::Ending::Closed => return,
+                    h1::Ending::HandOver(read) => read,
+                }
+            }
             None => bytes::Bytes::new(),
         };
         let io = TokioIo::new(h1::Prefixed::new(read, io));
