@@ -77,7 +77,7 @@ pub enum Pacing {
     /// once. For `sync: always`, where a write waits for its group's fdatasync: the writers
     /// of a group resume together when it completes, so their answers already go out
     /// together, and holding them only puts the next turn's reads before them (durable SETs
-    /// at 50 connections: fewer requests/s in 6 of 6 pairs, BENCHMARKS.md, session 17).
+    /// at 50 connections: fewer requests/s in 7 of 8 pairs, BENCHMARKS.md, session 17).
     TurnEndUnlessWaited,
 }
 
