@@ -970,12 +970,12 @@ mod tests {
         assert_eq!(*log.lock().unwrap(), ["read a", "write a"]);
     }
 
-    /// A state whose store takes writes, logged with `sync: never`, in `dir`.
-    fn writable_state(dir: &std::path::Path) -> Arc<ApiState> {
+    /// `test_state` with a store that takes writes, logged with `sync: never`, in `dir`.
+    fn writable_state(dir: &std::path::Path) -> (Arc<ApiState>, Deadlines) {
         use crate::db::DbOptions;
         use crate::replication::{Replication, ReplicationOptions};
         use crate::wal::SyncPolicy;
-        let (state, _) = test_state();
+        let (state, deadlines) = test_state();
         let options = ReplicationOptions {
             primary: None,
             labels: Default::default(),
@@ -990,7 +990,7 @@ mod tests {
         let replication =
             Replication::open(dir, db_options, options, Arc::clone(&state.store)).unwrap();
         assert!(state.replication.set(Arc::new(replication)).is_ok());
-        state
+        (state, deadlines)
     }
 
     /// Why: a write's answer waits for the end of the turn after its group commit's yield too
@@ -1001,8 +1001,7 @@ mod tests {
         // One poll reads the request and yields for the group commit; the next commits.
         for (pacing, polls_to_answer) in [(Pacing::TurnEnd, 3), (Pacing::TurnEndUnlessWaited, 2)] {
             let dir = tempfile::tempdir().unwrap();
-            let state = writable_state(dir.path());
-            let (_, deadlines) = test_state();
+            let (state, deadlines) = writable_state(dir.path());
             let (_stop_tx, stop) = watch::channel(false);
             let log = Arc::new(std::sync::Mutex::new(Vec::new()));
             // A second connection on the thread, so that there is a turn to wait for.
