@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use super::connect::{self, Answer, RequestBody, ResponseBody};
 use super::error::ConnectError;
+use super::gather;
 use super::head::{Head, Headers};
 use super::server::{SUBSCRIBE_PATH, WATCH_PATH, handle};
 use super::state::{ApiState, body_timed_out};
@@ -71,7 +72,8 @@ pub struct Deadlines {
 /// When a connection that shares its thread with others writes the answers it has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pacing {
-    /// At the end of the event loop's turn, whatever the handlers did.
+    /// At the end of the event loop's turn, unless a handler already crossed it (a GET
+    /// gathered into the turn's batch of lookups).
     TurnEnd,
     /// At the end of the turn, except after a handler that had to wait, whose answer goes at
     /// once. For `sync: always`, where a write waits for its group's fdatasync: the writers
@@ -112,8 +114,11 @@ where
     let on_this_thread = Counted::enter();
     loop {
         let mut answered = false;
-        // Whether a handler had to wait (for a group commit: see `Pacing`).
+        // Whether a handler had to wait (for a group commit: see `Pacing`), and whether one
+        // crossed the turn's end already, so that the answers are made in a later turn than
+        // the requests were read (`gather`).
         let mut waited = false;
+        let mut crossed = false;
         let missing = loop {
             let request = match parse(&buf, &mut fields) {
                 Parsed::Whole(request) => request,
@@ -140,8 +145,12 @@ where
                         fields: &fields[..request.header_count],
                     };
                     let head = request.head(&target, &lines);
-                    let handled = handle(state, head, RequestBody::Whole(body));
-                    (noting_waits(handled, &mut waited).await, close)
+                    let handler = handle(state, head, RequestBody::Whole(body));
+                    let may_gather = !answered && on_this_thread.others();
+                    let (response, handled) = gather::run(handler, may_gather).await;
+                    waited |= handled.waited;
+                    crossed |= handled.crossed;
+                    (response, close)
                 }
                 None => (bad_request(), true),
             };
@@ -157,7 +166,7 @@ where
             }
         };
         let holds = match pacing {
-            Pacing::TurnEnd => true,
+            Pacing::TurnEnd => !crossed,
             Pacing::TurnEndUnlessWaited => !waited,
         };
         if answered && holds && on_this_thread.others() {
@@ -175,7 +184,9 @@ where
             // log's group commit: the turn after that yield then reads more requests before
             // the answers go out, so the next group is larger. With that wait, single SETs
             // had a lower p99 in 11 of 14 pairs under `sync: never` (5 of 9 under
-            // `interval`), and 16-key batches in 7 of 8 (BENCHMARKS.md, session 17).
+            // `interval`), and 16-key batches in 7 of 8 (BENCHMARKS.md, session 17). A GET
+            // whose lookup was gathered into the turn's batch (`gather`) is answered after
+            // the turn's end already, and goes at once.
             tokio::task::yield_now().await;
         }
         if write_out(io, &mut out).await.is_err() {
@@ -495,17 +506,6 @@ fn encode(out: &mut Vec<u8>, answer: Answer, head_only: bool, close: bool) -> Re
         out.extend_from_slice(&body);
     }
     Ok(())
-}
-
-/// `future`'s output; sets `waited` if it was ever pending on the way.
-async fn noting_waits<F: Future>(future: F, waited: &mut bool) -> F::Output {
-    let mut future = pin!(future);
-    std::future::poll_fn(|cx| {
-        let poll = future.as_mut().poll(cx);
-        *waited |= poll.is_pending();
-        poll
-    })
-    .await
 }
 
 thread_local! {
@@ -1029,19 +1029,48 @@ mod tests {
         }
     }
 
+    /// Why: a GET that shares its thread joins the turn's batch of lookups (`gather`), which
+    /// already waits for the turn's end: its answer then goes out at once, not a turn later,
+    /// with those of the requests pipelined behind it (served directly, not one turn each).
     #[tokio::test]
-    async fn a_future_that_was_pending_is_noted() {
-        let mut waited = false;
-        assert_eq!(noting_waits(async { 1 }, &mut waited).await, 1);
-        assert!(!waited, "ready at once");
-        let yielding = async {
-            tokio::task::yield_now().await;
-            2
-        };
-        assert_eq!(noting_waits(yielding, &mut waited).await, 2);
-        assert!(waited, "pending once");
-        assert_eq!(noting_waits(async { 3 }, &mut waited).await, 3);
-        assert!(waited, "a wait stays noted");
+    async fn a_gathered_get_is_answered_once_its_batch_is_looked_up() {
+        for pacing in [Pacing::TurnEnd, Pacing::TurnEndUnlessWaited] {
+            let dir = tempfile::tempdir().unwrap();
+            let (state, deadlines) = writable_state(dir.path());
+            let db = state.db().unwrap();
+            db.set(Bytes::from("k"), Bytes::from("v"), Default::default())
+                .unwrap();
+            let (_stop_tx, stop) = watch::channel(false);
+            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (mut clients, servers) = connections(&["a", "b"], &log);
+            let [mut a, mut b] = <[Logged; 2]>::try_from(servers).ok().unwrap();
+            let mut serving_a = pin!(serve(&mut a, &state, &deadlines, pacing, &stop));
+            let mut serving_b = pin!(serve(&mut b, &state, &deadlines, pacing, &stop));
+            assert!(poll_once(serving_a.as_mut()).await && poll_once(serving_b.as_mut()).await);
+            // Two pipelined: the first joins the batch, the second is served after it.
+            let get = b"GET /v1/kv/k HTTP/1.1\r\nHost: a\r\n\r\n";
+            clients[0]
+                .write_all(&[&get[..], get].concat())
+                .await
+                .unwrap();
+            // The first poll reads the requests and joins the batch; the next looks it up.
+            let mut polls = 0;
+            while !log.lock().unwrap().iter().any(|e| e == "write a") {
+                assert!(polls < 5, "{pacing:?}: no answer after {polls} polls");
+                assert!(poll_once(serving_a.as_mut()).await);
+                polls += 1;
+            }
+            assert_eq!(polls, 2, "{pacing:?}");
+            let mut answer = vec![0u8; 4096];
+            let n = clients[0].read(&mut answer).await.unwrap();
+            let answer = String::from_utf8_lossy(&answer[..n]);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{pacing:?}: {answer}");
+            assert_eq!(
+                answer.matches("\r\n\r\nv").count(),
+                2,
+                "{pacing:?}: {answer}"
+            );
+        }
     }
 
     #[tokio::test]

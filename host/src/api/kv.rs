@@ -66,7 +66,7 @@ pub async fn get(
             )));
         }
     }
-    Ok(item_response(db.get(&req.key)))
+    Ok(item_response(super::gather::get(&db, &req.key).await))
 }
 
 pub async fn multi_get(

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod codec;
 pub mod connect;
 pub mod error;
+mod gather;
 mod h1;
 mod head;
 mod kv;
