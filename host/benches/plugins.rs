@@ -133,6 +133,13 @@ fn chain(dir: &Path, steps: &[(&str, serde_json::Value)]) -> PluginsConfig {
                 on_error: ValidateOnError::Reject,
             })
             .collect(),
+        // The calls take microseconds; the default 2 ms deadline is overrun only when this
+        // thread is preempted (2 vCPUs shared with other tenants), which then rejected a write
+        // and ended the whole run. The deadline's enforcement is tested, not measured here.
+        limits: PluginLimits {
+            deadline: Duration::from_secs(1),
+            ..PluginLimits::default()
+        },
         ..PluginsConfig::default()
     }
 }
