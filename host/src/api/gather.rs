@@ -100,7 +100,9 @@ struct Ticket {
     index: usize,
 }
 
-/// This thread's open batch and the answers of the last one looked up.
+/// This thread's open batch and the answers of the last one looked up. A GET whose connection
+/// closes while it waits leaves its key in the open batch until that is looked up (with the
+/// next GET on the thread), and its answer until the next batch is: one turn's worth at most.
 struct Batch {
     /// The store the open batch's keys are for, by address: a batch reads one store (several
     /// stores share a thread only in tests). Its joiners hold it alive until they take.
