@@ -993,37 +993,47 @@ mod tests {
         (state, deadlines)
     }
 
+    /// Serve `request` with `pacing` on one of two connections that share a thread, so that
+    /// there is a turn to wait for: how many polls its connection took to write an answer, and
+    /// what it wrote.
+    async fn polls_to_answer(
+        state: &Arc<ApiState>,
+        deadlines: &Deadlines,
+        pacing: Pacing,
+        request: &[u8],
+    ) -> (usize, String) {
+        let (_stop_tx, stop) = watch::channel(false);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut clients, servers) = connections(&["a", "b"], &log);
+        let [mut a, mut b] = <[Logged; 2]>::try_from(servers).ok().unwrap();
+        let mut serving_a = pin!(serve(&mut a, state, deadlines, pacing, &stop));
+        let mut serving_b = pin!(serve(&mut b, state, deadlines, pacing, &stop));
+        assert!(poll_once(serving_a.as_mut()).await && poll_once(serving_b.as_mut()).await);
+        clients[0].write_all(request).await.unwrap();
+        let mut polls = 0;
+        while !log.lock().unwrap().iter().any(|e| e == "write a") {
+            assert!(polls < 5, "{pacing:?}: no answer after {polls} polls");
+            assert!(poll_once(serving_a.as_mut()).await);
+            polls += 1;
+        }
+        let mut answer = vec![0u8; 4096];
+        let n = clients[0].read(&mut answer).await.unwrap();
+        (polls, String::from_utf8_lossy(&answer[..n]).into_owned())
+    }
+
     /// Why: a write's answer waits for the end of the turn after its group commit's yield too
     /// (the next group is larger), except where `Pacing` says its wait already grouped the
     /// answers (an fsync, under `sync: always`).
     #[tokio::test]
     async fn a_write_is_answered_at_the_end_of_the_turn_after_its_group_commit() {
         // One poll reads the request and yields for the group commit; the next commits.
-        for (pacing, polls_to_answer) in [(Pacing::TurnEnd, 3), (Pacing::TurnEndUnlessWaited, 2)] {
+        for (pacing, polls_to_write) in [(Pacing::TurnEnd, 3), (Pacing::TurnEndUnlessWaited, 2)] {
             let dir = tempfile::tempdir().unwrap();
             let (state, deadlines) = writable_state(dir.path());
-            let (_stop_tx, stop) = watch::channel(false);
-            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-            // A second connection on the thread, so that there is a turn to wait for.
-            let (mut clients, servers) = connections(&["a", "b"], &log);
-            let [mut a, mut b] = <[Logged; 2]>::try_from(servers).ok().unwrap();
-            let mut serving_a = pin!(serve(&mut a, &state, &deadlines, pacing, &stop));
-            let mut serving_b = pin!(serve(&mut b, &state, &deadlines, pacing, &stop));
-            assert!(poll_once(serving_a.as_mut()).await && poll_once(serving_b.as_mut()).await);
-            clients[0]
-                .write_all(b"PUT /v1/kv/k HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nv")
-                .await
-                .unwrap();
-            let mut polls = 0;
-            while !log.lock().unwrap().iter().any(|e| e == "write a") {
-                assert!(polls < 5, "{pacing:?}: no answer after {polls} polls");
-                assert!(poll_once(serving_a.as_mut()).await);
-                polls += 1;
-            }
-            assert_eq!(polls, polls_to_answer, "{pacing:?}");
-            let mut answer = [0u8; 12];
-            clients[0].read_exact(&mut answer).await.unwrap();
-            assert_eq!(&answer, b"HTTP/1.1 200", "{pacing:?}");
+            let put = b"PUT /v1/kv/k HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nv";
+            let (polls, answer) = polls_to_answer(&state, &deadlines, pacing, put).await;
+            assert_eq!(polls, polls_to_write, "{pacing:?}");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{pacing:?}: {answer}");
             let db = state.db().unwrap();
             assert_eq!(&db.get(b"k").unwrap().value[..], b"v", "{pacing:?}");
         }
@@ -1040,30 +1050,12 @@ mod tests {
             let db = state.db().unwrap();
             db.set(Bytes::from("k"), Bytes::from("v"), Default::default())
                 .unwrap();
-            let (_stop_tx, stop) = watch::channel(false);
-            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let (mut clients, servers) = connections(&["a", "b"], &log);
-            let [mut a, mut b] = <[Logged; 2]>::try_from(servers).ok().unwrap();
-            let mut serving_a = pin!(serve(&mut a, &state, &deadlines, pacing, &stop));
-            let mut serving_b = pin!(serve(&mut b, &state, &deadlines, pacing, &stop));
-            assert!(poll_once(serving_a.as_mut()).await && poll_once(serving_b.as_mut()).await);
-            // Two pipelined: the first joins the batch, the second is served after it.
+            // Two pipelined: the first joins the batch, the second is served after it. The
+            // first poll reads them and joins; the next looks the batch up.
             let get = b"GET /v1/kv/k HTTP/1.1\r\nHost: a\r\n\r\n";
-            clients[0]
-                .write_all(&[&get[..], get].concat())
-                .await
-                .unwrap();
-            // The first poll reads the requests and joins the batch; the next looks it up.
-            let mut polls = 0;
-            while !log.lock().unwrap().iter().any(|e| e == "write a") {
-                assert!(polls < 5, "{pacing:?}: no answer after {polls} polls");
-                assert!(poll_once(serving_a.as_mut()).await);
-                polls += 1;
-            }
+            let two = [&get[..], get].concat();
+            let (polls, answer) = polls_to_answer(&state, &deadlines, pacing, &two).await;
             assert_eq!(polls, 2, "{pacing:?}");
-            let mut answer = vec![0u8; 4096];
-            let n = clients[0].read(&mut answer).await.unwrap();
-            let answer = String::from_utf8_lossy(&answer[..n]);
             assert!(answer.starts_with("HTTP/1.1 200"), "{pacing:?}: {answer}");
             assert_eq!(
                 answer.matches("\r\n\r\nv").count(),
