@@ -162,6 +162,7 @@ pub fn bench(quick: bool) -> Result<()> {
     // machine's cache leaves to do, from seconds to many minutes on a fresh one.
     let built_in = building.elapsed();
     let started = Instant::now();
+    let cpu_at_start = setup::CpuTime::now();
     let wasmkv = wasmkv::Wasmkv {
         bin: target_dir().join("release/wasmkv"),
         config: root().join("config/primary.yaml"),
@@ -219,8 +220,14 @@ pub fn bench(quick: bool) -> Result<()> {
         render(std::slice::from_ref(&plugin_table))
     );
     let elapsed = started.elapsed();
+    let steal = cpu_at_start
+        .zip(setup::CpuTime::now())
+        .and_then(|(at_start, at_end)| at_end.steal_since(at_start));
     let (met, set) = report::target_count(&tables);
     println!("\n{rendered}\nTargets met: {met} of {set}.");
+    if let Some(percent) = steal {
+        println!("Steal while measuring: {percent:.1}% of the machine's CPU time.");
+    }
     if quick {
         eprintln!(
             "==> quick run done in {:.0} s after {:.0} s of building; BENCHMARKS.md not \
@@ -230,7 +237,7 @@ pub fn bench(quick: bool) -> Result<()> {
         );
         return Ok(());
     }
-    let head = header(&plan, &versions, met, set, elapsed, built_in);
+    let head = header(&plan, &versions, met, set, elapsed, built_in, steal);
     let existing = std::fs::read_to_string(&benchmarks).context("read BENCHMARKS.md")?;
     let updated = report::compose(&existing, &head, &rendered)?;
     std::fs::write(&benchmarks, updated).context("write BENCHMARKS.md")?;
@@ -249,8 +256,16 @@ fn header(
     set: usize,
     elapsed: Duration,
     built_in: Duration,
+    steal: Option<f64>,
 ) -> String {
     let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    let steal = steal.map_or(String::new(), |percent| {
+        format!(
+            "- While it measured, the hypervisor ran other guests for {percent:.1}% of this \
+             machine's CPU time (steal, from `/proc/stat`). Steal comes in bursts that slow \
+             some rounds and not others, so the spreads (±N%) grow with it.\n"
+        )
+    });
     format!(
         "# Benchmarks\n\n\
          Every figure here is written by `cargo xtask bench` (`xtask/src/bench/`; the storage \
@@ -259,6 +274,7 @@ fn header(
          ## wasmkv vs Redis\n\n\
          - Measured {date} on {machine}, by `cargo xtask bench` in {total:.1} minutes \
          (after {built} of building).\n\
+         {steal}\
          - {wasmkv} (commit {commit}), release build, `config/primary.yaml` with the \
          `WASMKV_*` overrides each scenario names.\n\
          - {redis}, with `redis-benchmark` and `redis-cli` of the same release \

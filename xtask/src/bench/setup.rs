@@ -140,3 +140,73 @@ pub fn date() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
 }
+
+/// The machine's CPU time so far, in clock ticks, from the first line of `/proc/stat`: all of
+/// it, and the part the hypervisor ran other guests in instead (steal). On a shared virtual
+/// machine, steal slows rounds unevenly, and a reader of the tables should know how much.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuTime {
+    total: u64,
+    steal: u64,
+}
+
+impl CpuTime {
+    /// Now; `None` where there is no `/proc/stat`.
+    pub fn now() -> Option<CpuTime> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        CpuTime::parse(stat.lines().next()?)
+    }
+
+    /// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`: the first eight
+    /// make the total (guest time is counted in user time already).
+    fn parse(line: &str) -> Option<CpuTime> {
+        let mut fields = line.strip_prefix("cpu ")?.split_whitespace();
+        let ticks: Vec<u64> = fields
+            .by_ref()
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        (ticks.len() == 8).then(|| CpuTime {
+            total: ticks.iter().sum(),
+            steal: ticks[7],
+        })
+    }
+
+    /// The percentage of the CPU time since `earlier` that was stolen.
+    pub fn steal_since(self, earlier: CpuTime) -> Option<f64> {
+        let total = self.total.checked_sub(earlier.total).filter(|&t| t > 0)?;
+        let steal = self.steal.checked_sub(earlier.steal)?;
+        Some(100.0 * steal as f64 / total as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_field_of_the_cpu_line() {
+        let earlier = CpuTime::parse("cpu  100 0 50 800 10 0 5 35 0 0").unwrap();
+        assert_eq!(
+            earlier,
+            CpuTime {
+                total: 1000,
+                steal: 35
+            }
+        );
+        let later = CpuTime::parse("cpu  200 0 100 1550 20 0 10 120 7 0").unwrap();
+        assert_eq!(later.steal_since(earlier), Some(8.5));
+        assert_eq!(earlier.steal_since(earlier), None, "no time passed");
+        assert_eq!(
+            CpuTime::parse("cpu0 1 2 3 4 5 6 7 8"),
+            None,
+            "one core's line"
+        );
+        assert_eq!(
+            CpuTime::parse("cpu  1 2 3"),
+            None,
+            "an old kernel's short line"
+        );
+    }
+}
