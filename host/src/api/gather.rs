@@ -3,12 +3,13 @@
 //! A lookup in a large map is a chain of dependent cache misses (the table's control bytes,
 //! its slot, the entry, the entry's key and value), and a GET served alone waits for each in
 //! turn: under 50 connections they were the largest item in the node's profile, 11% of its
-//! CPU (BENCHMARKS.md, session 18). Served in one pass, the misses of many keys overlap ([`crate::storage::Engine`]'s
-//! `get_many`). So a GET on the HTTP/1.1 path that shares its thread with other connections
-//! joins the turn's batch and yields; the first of the batch to resume in the next turn looks
-//! every key up, and each takes its own answer. Its answer leaves no later than before: the
-//! loop would have held it to the end of the turn anyway (`h1::Pacing`), and a handler that
-//! crossed the turn's end here tells the loop so, which then writes at once.
+//! CPU (BENCHMARKS.md, session 18). Served in one pass, the misses of many keys overlap
+//! ([`crate::storage::Engine`]'s `get_many`). So a GET on the HTTP/1.1 path that shares its
+//! thread with other connections joins the turn's batch and yields; the first of the batch to
+//! resume in the next turn looks every key up, and each takes its own answer. Its answer leaves
+//! no later than before: the loop would have held it to the end of the turn anyway
+//! (`h1::Pacing`), and a handler that crossed the turn's end here tells the loop so, which
+//! then writes at once.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
