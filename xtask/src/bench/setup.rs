@@ -160,9 +160,9 @@ impl CpuTime {
     /// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`: the first eight
     /// make the total (guest time is counted in user time already).
     fn parse(line: &str) -> Option<CpuTime> {
-        let mut fields = line.strip_prefix("cpu ")?.split_whitespace();
-        let ticks: Vec<u64> = fields
-            .by_ref()
+        let ticks: Vec<u64> = line
+            .strip_prefix("cpu ")?
+            .split_whitespace()
             .take(8)
             .map(str::parse)
             .collect::<Result<_, _>>()
