@@ -31,7 +31,7 @@ pub(super) struct Handled {
 }
 
 /// What the handler being polled on this thread may do, and has done.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Scope {
     may_gather: bool,
     crossed: bool,
