@@ -145,7 +145,7 @@ where
                         fields: &fields[..request.header_count],
                     };
                     let head = request.head(&target, &lines);
-                    let handler = handle(state, head, RequestBody::Whole(body));
+                    let handler = pin!(handle(state, head, RequestBody::Whole(body)));
                     let may_gather = !answered && on_this_thread.others();
                     let (response, handled) = gather::run(handler, may_gather).await;
                     waited |= handled.waited;
