@@ -9,18 +9,13 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::error::Code;
+use super::latency::{Latencies, LatencyCollector};
 use crate::plugins::Plugins;
 use crate::replication::{Replication, StoreSlot};
 use arc_swap::ArcSwapOption;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MethodLabels {
-    method: &'static str,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
@@ -40,7 +35,7 @@ struct AuthLabels {
 
 pub struct Metrics {
     registry: Registry,
-    latency: Family<MethodLabels, Histogram>,
+    latency: Arc<Latencies>,
     errors: Family<ErrorLabels, Counter>,
     refusals: Family<LimitLabels, Counter>,
     auth_failures: Family<AuthLabels, Counter>,
@@ -55,16 +50,9 @@ impl Metrics {
         plugins: Arc<ArcSwapOption<Plugins>>,
     ) -> Self {
         let mut registry = Registry::with_prefix("wasmkv");
-        let latency = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
-            // 25 µs … ~0.8 s.
-            Histogram::new(exponential_buckets(25e-6, 2.0, 16))
-        });
+        let latency = Arc::new(Latencies::default());
+        registry.register_collector(Box::new(LatencyCollector(Arc::clone(&latency))));
         let errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "request_duration_seconds",
-            "Time to serve a request, by method",
-            latency.clone(),
-        );
         registry.register(
             "request_errors",
             "Requests answered with an error, by method and Connect code",
@@ -123,9 +111,7 @@ impl Metrics {
     }
 
     pub fn observe(&self, method: &'static str, elapsed: Duration, error: Option<Code>) {
-        self.latency
-            .get_or_create(&MethodLabels { method })
-            .observe(elapsed.as_secs_f64());
+        self.latency.observe(method, elapsed);
         if let Some(code) = error {
             self.errors
                 .get_or_create(&ErrorLabels {

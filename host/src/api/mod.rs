@@ -11,6 +11,7 @@ mod h1;
 mod head;
 mod kv;
 pub mod lanes;
+mod latency;
 mod metrics;
 pub mod proto;
 mod replication;
