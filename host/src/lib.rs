@@ -18,4 +18,5 @@ pub mod plugins;
 pub mod replication;
 pub mod storage;
 pub mod tls;
+mod turn;
 pub mod wal;

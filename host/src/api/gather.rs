@@ -5,8 +5,9 @@
 //! turn: under 50 connections they were the largest item in the node's profile, 11% of its
 //! CPU (BENCHMARKS.md, session 18). Served in one pass, the misses of many keys overlap
 //! ([`crate::storage::Engine`]'s `get_many`). So a GET on the HTTP/1.1 path that shares its
-//! thread with other connections joins the turn's batch and yields; the first of the batch to
-//! resume in the next turn looks every key up, and each takes its own answer. Its answer leaves
+//! thread with other connections joins the turn's batch and yields to the turn's other tasks
+//! ([`crate::turn`]); the first of the batch to resume at the turn's end looks every key up,
+//! and each takes its own answer. Its answer leaves
 //! no later than before: the loop would have held it to the end of the turn anyway
 //! (`h1::Pacing`), and a handler that crossed the turn's end here tells the loop so, which
 //! then writes at once.
@@ -85,7 +86,7 @@ pub(super) async fn get(db: &Db, key: &Bytes) -> Option<Item> {
     let Some(ticket) = ticket else {
         return db.get(key);
     };
-    tokio::task::yield_now().await;
+    crate::turn::yield_to_ready_tasks().await;
     mark_crossed();
     BATCH
         .with_borrow_mut(|batch| batch.take(db, ticket))

@@ -170,24 +170,24 @@ where
             Pacing::TurnEndUnlessWaited => !waited,
         };
         if answered && holds && on_this_thread.others() {
-            // The answers wait for the end of the event loop's turn, as Redis writes its
-            // replies just before it polls again: the other connections ready in this turn are
-            // served first, and their answers reach the client together. Written at once, they
-            // trickled out one request apart and woke a client that had already gone idle
-            // for each one. At 50 connections on one thread the client then slept 0.2-0.55
+            // The answers wait for the end of the event loop's turn (`turn`), as Redis writes
+            // its replies just before it polls again: the other connections ready in this turn
+            // are served first, and their answers reach the client together. Written at once,
+            // they trickled out one request apart and woke a client that had already gone
+            // idle for each one. At 50 connections on one thread the client then slept 0.2-0.55
             // times per answer instead of 0.1-0.15, waking it was the largest item in the
             // node's profile (7.7%), and with the yield the node served about 10% more
             // GETs/s (BENCHMARKS.md, session 13). A connection alone on its thread has no
             // answers to wait for: the yield would only add a poll to the round trip.
             //
             // A write's answer waits too, though its handler already yielded once for the
-            // log's group commit: the turn after that yield then reads more requests before
-            // the answers go out, so the next group is larger. With that wait, single SETs
-            // had a lower p99 in 11 of 14 pairs under `sync: never` (5 of 9 under
-            // `interval`), and 16-key batches in 7 of 8 (BENCHMARKS.md, session 17). A GET
+            // log's group commit, so that the group's answers go out together. With that
+            // wait, single SETs had a lower p99 in 11 of 14 pairs under `sync: never` (5 of 9
+            // under `interval`), and 16-key batches in 7 of 8 (BENCHMARKS.md, session 17,
+            // when both waits lasted past the loop's next poll for I/O). A GET
             // whose lookup was gathered into the turn's batch (`gather`) is answered after
             // the turn's end already, and goes at once.
-            tokio::task::yield_now().await;
+            crate::turn::yield_to_ready_tasks().await;
         }
         if write_out(io, &mut out).await.is_err() {
             return Ending::Closed;

@@ -371,7 +371,7 @@ impl Wal {
     /// `commit` for async callers. Every policy first yields once: the other tasks ready on
     /// this event loop then log their writes, and one `write(2)` (and with `sync: always` one
     /// fdatasync) carries them all, as Redis writes and fsyncs its AOF once per event-loop
-    /// turn. Without fsync, `commit` then writes inline. With `sync: always` the first writer
+    /// turn ([`crate::turn`]). Without fsync, `commit` then writes inline. With `sync: always` the first writer
     /// to resume writes and fdatasyncs the group on its own thread while the disk is quick
     /// (`Shared::fsync_is_quick`); otherwise one flusher on the blocking pool writes and
     /// fsyncs whatever is appended, again and again while more arrives, and the tasks wait on
@@ -379,7 +379,7 @@ impl Wal {
     pub async fn commit_async(&self, lsn: u64) -> Result<()> {
         if self.shared.opts.sync != SyncPolicy::Always {
             if self.shared.written_lsn.load(Ordering::Acquire) < lsn {
-                tokio::task::yield_now().await;
+                crate::turn::yield_to_ready_tasks().await;
             }
             return self.commit(lsn);
         }
@@ -397,7 +397,9 @@ impl Wal {
                     // one fsync carries them all, as Redis fsyncs its AOF once per event-loop
                     // turn. Started at once, a flush took the first writer or two of a turn
                     // and the rest waited for the next one: at 50 connections on one thread
-                    // the fsyncs alternated between 2-5 records and 30.
+                    // the fsyncs alternated between 2-5 records and 30. It waits past the
+                    // loop's next poll for I/O too (`yield_now`, not `turn`), so that the
+                    // writes that poll reads join the fsync, which costs more than the wait.
                     tokio::task::yield_now().await;
                     turn_over = true;
                     continue;
