@@ -7,10 +7,9 @@
 //! ([`crate::storage::Engine`]'s `get_many`). So a GET on the HTTP/1.1 path that shares its
 //! thread with other connections joins the turn's batch and yields to the turn's other tasks
 //! ([`crate::turn`]); the first of the batch to resume at the turn's end looks every key up,
-//! and each takes its own answer. Its answer leaves
-//! no later than before: the loop would have held it to the end of the turn anyway
-//! (`h1::Pacing`), and a handler that crossed the turn's end here tells the loop so, which
-//! then writes at once.
+//! and each takes its own answer. Its answer leaves no later than before: the loop would have
+//! held it to the end of the turn anyway (`h1::Pacing`), and [`run`] tells the loop that the
+//! handler finished at the turn's end, so that it writes at once.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -27,21 +26,15 @@ use crate::storage::Item;
 pub(super) struct Handled {
     /// It had to wait at least once (for a group commit, or for its batch's lookup).
     pub waited: bool,
-    /// Its last wait was to the end of the event loop's turn, in a batch of GETs.
+    /// Its last wait was for the end of the event loop's turn ([`crate::turn`]): a GET's for
+    /// its batch, a write's for its group commit.
     pub crossed: bool,
 }
 
-/// What the handler being polled on this thread may do, and has done.
-#[derive(Clone, Copy)]
-struct Scope {
-    may_gather: bool,
-    crossed: bool,
-}
-
 thread_local! {
-    /// The scope of the handler being polled now; the default (no gathering) outside
-    /// [`run`], as for every request hyper serves.
-    static SCOPE: Cell<Scope> = const { Cell::new(Scope { may_gather: false, crossed: false }) };
+    /// Whether the handler being polled now may gather; not outside [`run`], as for every
+    /// request hyper serves.
+    static MAY_GATHER: Cell<bool> = const { Cell::new(false) };
     static BATCH: RefCell<Batch> = const { RefCell::new(Batch::new()) };
 }
 
@@ -58,16 +51,13 @@ pub(super) async fn run<F: Future>(
 ) -> (F::Output, Handled) {
     let mut handled = Handled::default();
     let output = std::future::poll_fn(|cx| {
-        let outer = SCOPE.replace(Scope {
-            may_gather,
-            crossed: false,
-        });
-        let poll = handler.as_mut().poll(cx);
-        let scope = SCOPE.replace(outer);
+        let outer = MAY_GATHER.replace(may_gather);
+        let (poll, resumed) = crate::turn::poll_noting_turn_end(|| handler.as_mut().poll(cx));
+        MAY_GATHER.set(outer);
         match poll {
             Poll::Pending => handled.waited = true,
-            // Finished in the poll that resumed it from its batch, not after a later wait.
-            Poll::Ready(_) => handled.crossed = scope.crossed,
+            // Finished in the poll that resumed it at the turn's end, not after a later wait.
+            Poll::Ready(_) => handled.crossed = resumed,
         }
         poll
     })
@@ -78,7 +68,7 @@ pub(super) async fn run<F: Future>(
 /// The live value of `key` in `db`: from the turn's batch when the handler may gather,
 /// directly otherwise.
 pub(super) async fn get(db: &Db, key: &Bytes) -> Option<Item> {
-    let ticket = if SCOPE.get().may_gather {
+    let ticket = if MAY_GATHER.get() {
         BATCH.with_borrow_mut(|batch| batch.join(db, key))
     } else {
         None
@@ -87,17 +77,10 @@ pub(super) async fn get(db: &Db, key: &Bytes) -> Option<Item> {
         return db.get(key);
     };
     crate::turn::yield_to_ready_tasks().await;
-    mark_crossed();
     BATCH
         .with_borrow_mut(|batch| batch.take(db, ticket))
         // The scheduler split the turn and a later batch ran first: look up alone.
         .unwrap_or_else(|| db.get(key))
-}
-
-fn mark_crossed() {
-    let mut scope = SCOPE.get();
-    scope.crossed = true;
-    SCOPE.set(scope);
 }
 
 /// A GET's place in a batch.

@@ -72,8 +72,8 @@ pub struct Deadlines {
 /// When a connection that shares its thread with others writes the answers it has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pacing {
-    /// At the end of the event loop's turn, unless a handler already crossed it (a GET
-    /// gathered into the turn's batch of lookups).
+    /// At the end of the event loop's turn, unless a handler finished there already (a GET
+    /// gathered into the turn's batch of lookups, a write committed with the turn's group).
     TurnEnd,
     /// At the end of the turn, except after a handler that had to wait, whose answer goes at
     /// once. For `sync: always`, where a write waits for its group's fdatasync: the writers
@@ -115,8 +115,7 @@ where
     loop {
         let mut answered = false;
         // Whether a handler had to wait (for a group commit: see `Pacing`), and whether one
-        // crossed the turn's end already, so that the answers are made in a later turn than
-        // the requests were read (`gather`).
+        // finished at the turn's end already (`gather::Handled`).
         let mut waited = false;
         let mut crossed = false;
         let missing = loop {
@@ -180,13 +179,12 @@ where
             // GETs/s (BENCHMARKS.md, session 13). A connection alone on its thread has no
             // answers to wait for: the yield would only add a poll to the round trip.
             //
-            // A write's answer waits too, though its handler already yielded once for the
-            // log's group commit, so that the group's answers go out together. With that
-            // wait, single SETs had a lower p99 in 11 of 14 pairs under `sync: never` (5 of 9
-            // under `interval`), and 16-key batches in 7 of 8 (BENCHMARKS.md, session 17,
-            // when both waits lasted past the loop's next poll for I/O). A GET
-            // whose lookup was gathered into the turn's batch (`gather`) is answered after
-            // the turn's end already, and goes at once.
+            // A handler that finished at the turn's end already goes at once: a GET gathered
+            // into the turn's batch of lookups, a write committed with the turn's group. (When
+            // the group commit waited past the loop's next poll for I/O, holding its answers
+            // one more turn lowered SETs' p99, BENCHMARKS.md session 17; now that it waits
+            // for the turn's end only, holding them raised it: 361 → 388 µs, 9 of 12 pairs,
+            // session 20.)
             crate::turn::yield_to_ready_tasks().await;
         }
         if write_out(io, &mut out).await.is_err() {
@@ -1021,18 +1019,17 @@ mod tests {
         (polls, String::from_utf8_lossy(&answer[..n]).into_owned())
     }
 
-    /// Why: a write's answer waits for the end of the turn after its group commit's yield too
-    /// (the next group is larger), except where `Pacing` says its wait already grouped the
-    /// answers (an fsync, under `sync: always`).
+    /// Why: a write's group commit waits for the end of the turn, and its answer then goes
+    /// out at once, not held for one more.
     #[tokio::test]
-    async fn a_write_is_answered_at_the_end_of_the_turn_after_its_group_commit() {
+    async fn a_write_is_answered_once_its_group_is_committed() {
         // One poll reads the request and yields for the group commit; the next commits.
-        for (pacing, polls_to_write) in [(Pacing::TurnEnd, 3), (Pacing::TurnEndUnlessWaited, 2)] {
+        for pacing in [Pacing::TurnEnd, Pacing::TurnEndUnlessWaited] {
             let dir = tempfile::tempdir().unwrap();
             let (state, deadlines) = writable_state(dir.path());
             let put = b"PUT /v1/kv/k HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nv";
             let (polls, answer) = polls_to_answer(&state, &deadlines, pacing, put).await;
-            assert_eq!(polls, polls_to_write, "{pacing:?}");
+            assert_eq!(polls, 2, "{pacing:?}");
             assert!(answer.starts_with("HTTP/1.1 200"), "{pacing:?}: {answer}");
             let db = state.db().unwrap();
             assert_eq!(&db.get(b"k").unwrap().value[..], b"v", "{pacing:?}");
